@@ -1,0 +1,1 @@
+"""The ft catalog: settings, database models, sessions, repository functions and the artifact store."""

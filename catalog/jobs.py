@@ -1,0 +1,253 @@
+"""The job row's state machine: create, claim a lease, heartbeat, finish, cancel, retry, requeue.
+
+    queued --claim--> running --finish--> succeeded | failed | cancelled
+       ^                 |
+       +--lease expired--+   (requeued while attempts < max_attempts, else failed)
+
+Every transition is one guarded UPDATE, so two workers can never both run a job, and a worker
+that lost its lease cannot overwrite the state another worker wrote.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from catalog.db import Catalog
+from catalog.errors import Conflict, InvalidInput, NotFound
+from catalog.models import FINISHED_STATUSES, JOB_KINDS, JOB_STATUSES, Job, utcnow
+
+
+class LeaseLost(Exception):
+    """This worker no longer owns the job (its lease expired and another worker took it, or it was
+    finished elsewhere). Not an FtError: it is never shown to a user, the worker just stops."""
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def create_job(
+    session: Session,
+    kind: str,
+    spec: dict[str, Any],
+    user: str,
+    *,
+    queue: str = "cpu",
+    priority: int = 0,
+    max_attempts: int = 3,
+    logs_dir: str | None = None,
+) -> Job:
+    if kind not in JOB_KINDS:
+        raise InvalidInput(f"unknown job kind {kind!r}")
+    if not 0 <= priority <= 9:
+        raise InvalidInput(f"--priority must be between 0 and 9, got {priority}")
+    job = Job(
+        kind=kind,
+        status="queued",
+        spec=spec,
+        spec_hash=spec_hash(spec),
+        submitted_by=user,
+        queue=queue,
+        priority=priority,
+        max_attempts=max_attempts,
+        progress={},
+        result={},
+    )
+    session.add(job)
+    session.flush()
+    if logs_dir is not None:
+        job.log_path = f"{logs_dir}/job-{job.id}.log"
+    return job
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}; see `ft jobs list`")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    user: str | None = None,
+    status: str | None = None,
+    kind: str | None = None,
+    limit: int = 50,
+) -> Sequence[Job]:
+    stmt = select(Job).order_by(Job.id.desc()).limit(limit)
+    if user:
+        stmt = stmt.where(Job.submitted_by == user)
+    if status:
+        if status not in JOB_STATUSES:
+            raise InvalidInput(f"--status must be one of {', '.join(JOB_STATUSES)}, got {status!r}")
+        stmt = stmt.where(Job.status == status)
+    if kind:
+        stmt = stmt.where(Job.kind == kind)
+    return session.scalars(stmt).all()
+
+
+def claim_job(catalog: Catalog, job_id: int, owner: str, lease_seconds: int) -> Job | None:
+    """Take the job if it is claimable: queued, or running with an expired lease, not cancelled,
+    attempts left. Returns the claimed job, or None if someone else has it or it is finished."""
+    now = utcnow()
+    with catalog.session() as s:
+        claimable = and_(
+            Job.id == job_id,
+            Job.cancel_requested.is_(False),
+            Job.attempts < Job.max_attempts,
+            or_(Job.status == "queued", and_(Job.status == "running", Job.lease_expires_at < now)),
+        )
+        res = s.execute(
+            update(Job)
+            .where(claimable)
+            .values(
+                status="running",
+                lease_owner=owner,
+                lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+                attempts=Job.attempts + 1,
+                started_at=now,
+                updated_at=now,
+                error=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount != 1:
+            _cancel_if_requested_while_queued(s, job_id)
+            return None
+        return s.get(Job, job_id, populate_existing=True)
+
+
+def _cancel_if_requested_while_queued(s: Session, job_id: int) -> None:
+    s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(True))
+        .values(status="cancelled", finished_at=utcnow(), updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def heartbeat(
+    catalog: Catalog, job_id: int, owner: str, lease_seconds: int, progress: dict[str, Any] | None = None
+) -> bool:
+    """Renew the lease (and write progress). Returns whether cancellation was requested.
+    Raises LeaseLost if this owner no longer holds the job."""
+    now = utcnow()
+    values: dict[str, Any] = {"lease_expires_at": now + dt.timedelta(seconds=lease_seconds), "updated_at": now}
+    if progress is not None:
+        values["progress"] = progress
+    with catalog.session() as s:
+        res = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount != 1:
+            raise LeaseLost(f"job {job_id} is no longer leased by {owner}")
+        return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def finish_job(
+    session: Session,
+    job_id: int,
+    owner: str,
+    status: str,
+    *,
+    error: str | None = None,
+    result: dict[str, Any] | None = None,
+    progress: dict[str, Any] | None = None,
+) -> None:
+    """Mark the job finished, in the caller's transaction (so results are registered atomically
+    with the status). Raises LeaseLost if this owner no longer holds the job."""
+    if status not in FINISHED_STATUSES:
+        raise ValueError(f"not a final status: {status}")
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": status,
+        "error": error,
+        "finished_at": now,
+        "updated_at": now,
+        "lease_expires_at": None,
+    }
+    if result is not None:
+        values["result"] = result
+    if progress is not None:
+        values["progress"] = progress
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:
+        raise LeaseLost(f"job {job_id} is no longer leased by {owner}")
+
+
+def release_job(catalog: Catalog, job_id: int, owner: str) -> None:
+    """Give a running job back to the queue without counting it as a failure (worker shutdown)."""
+    with catalog.session() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+            .values(status="queued", lease_owner=None, lease_expires_at=None, attempts=Job.attempts - 1)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def request_cancel(session: Session, job_id: int) -> Job:
+    """Cancel a queued job at once; ask a running one to stop at its next step."""
+    job = get_job(session, job_id)
+    if job.status in FINISHED_STATUSES:
+        raise Conflict(f"job {job_id} already {job.status}; nothing to cancel")
+    job.cancel_requested = True
+    job.updated_at = utcnow()
+    if job.status == "queued":
+        job.status = "cancelled"
+        job.finished_at = utcnow()
+    return job
+
+
+def retry_job(session: Session, job_id: int) -> Job:
+    """Put a failed or cancelled job back in the queue with a fresh set of attempts."""
+    job = get_job(session, job_id)
+    if job.status not in ("failed", "cancelled"):
+        raise Conflict(f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried")
+    job.status = "queued"
+    job.cancel_requested = False
+    job.error = None
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.finished_at = None
+    job.max_attempts = job.attempts + max(1, job.max_attempts)
+    job.updated_at = utcnow()
+    return job
+
+
+def requeue_expired(catalog: Catalog) -> list[Job]:
+    """Jobs whose lease expired while running: back to `queued` (returned, to be re-sent) if they
+    have attempts left, else `failed`. Called by workers at start-up and periodically."""
+    now = utcnow()
+    requeued: list[Job] = []
+    with catalog.session() as s:
+        stale = s.scalars(
+            select(Job).where(Job.status == "running", Job.lease_expires_at < now).with_for_update(skip_locked=True)
+        ).all()
+        for job in stale:
+            if job.cancel_requested:
+                job.status, job.finished_at = "cancelled", now
+            elif job.attempts >= job.max_attempts:
+                job.status, job.finished_at = "failed", now
+                job.error = f"worker {job.lease_owner} stopped responding; gave up after {job.attempts} attempts"
+            else:
+                job.status = "queued"
+                requeued.append(job)
+            job.lease_owner, job.lease_expires_at, job.updated_at = None, None, now
+    return requeued

@@ -1,0 +1,1 @@
+"""Raw files -> canonical rows -> tokenised, prompt-masked Arrow datasets."""

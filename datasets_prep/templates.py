@@ -1,0 +1,187 @@
+"""Prompt templates: the built-ins, rendering a canonical row into a prompt, and catalog functions.
+
+Three kinds:
+- `format`: a Python format string over `{instruction}`, `{input}`, `{system}` (`{{`/`}}` for braces);
+- `jinja`: a sandboxed Jinja2 template over the same names (for optional sections);
+- `chat`: the tokenizer's own chat template; the user turn is instruction + input.
+Templates are immutable: adding a changed body under an existing name makes a new version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from collections.abc import Sequence
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from catalog.db import Catalog
+from catalog.errors import InvalidInput, NotFound
+from catalog.models import PromptTemplate
+from catalog.names import check_name, split_ref
+from datasets_prep.rows import Row
+
+KINDS = ("format", "jinja", "chat")
+FIELDS = ("instruction", "input", "system")
+
+TRIPLES_INSTRUCTION = (
+    '你现在是一个信息抽取模型，请你帮我抽取出关系内容为"性能故障", "部件故障", "组成"和 "检测工具"的相关三元组，'
+    '三元组内部用"_"连接，三元组之间用\\n分割。文本：'
+)
+
+BUILTINS: dict[str, tuple[str, str, str]] = {
+    "plain": ("format", "{instruction}{input}", "instruction and input concatenated; the output follows"),
+    "chat": ("chat", "", "the tokenizer's chat template; user turn = instruction + input"),
+    "alpaca": (
+        "jinja",
+        "{% if input %}Below is an instruction that describes a task, paired with an input that provides "
+        "further context. Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\n{{ instruction }}\n\n### Input:\n{{ input }}\n\n### Response:\n"
+        "{% else %}Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\n{{ instruction }}\n\n### Response:\n{% endif %}",
+        "the Stanford Alpaca prompt, with and without input",
+    ),
+    "triples-zh": (
+        "format",
+        TRIPLES_INSTRUCTION + "{input}",
+        "the fault-report extraction instruction + input (for {text, answer} rows)",
+    ),
+}
+
+_jinja = ImmutableSandboxedEnvironment(keep_trailing_newline=True)
+
+
+def _user_text(row: Row) -> str:
+    return row.instruction + row.input
+
+
+def validate_body(kind: str, body: str) -> None:
+    """Raise InvalidInput if `body` cannot render a row."""
+    if kind not in KINDS:
+        raise InvalidInput(f"unknown template kind {kind!r}: choose one of {', '.join(KINDS)} (--kind)")
+    if kind == "format":
+        try:
+            names = [f for _, f, _, _ in string.Formatter().parse(body) if f is not None]
+        except ValueError as exc:
+            raise InvalidInput(f"template body is not a valid format string: {exc} (use {{{{ for a brace)")
+        unknown = sorted({n for n in names if n not in FIELDS})
+        if unknown:
+            raise InvalidInput(
+                f"template uses unknown field(s) {', '.join(unknown)}: allowed are {{instruction}}, "
+                "{input}, {system} (write {{ and }} for literal braces)"
+            )
+        if not names:
+            raise InvalidInput("template body uses neither {instruction} nor {input}: the rows would be lost")
+    elif kind == "jinja":
+        try:
+            _jinja.from_string(body)
+        except TemplateError as exc:
+            raise InvalidInput(f"template body is not valid Jinja2: {exc}") from exc
+
+
+def render_prompt(kind: str, body: str, row: Row, tokenizer: Any = None) -> str:
+    """The prompt text for `row` (everything before the output)."""
+    if kind == "format":
+        return body.format(instruction=row.instruction, input=row.input, system=row.system or "")
+    if kind == "jinja":
+        return _jinja.from_string(body).render(
+            instruction=row.instruction, input=row.input, system=row.system or "", history=row.history
+        )
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise InvalidInput(
+            "template 'chat' needs a tokenizer with a chat template: pick another --template (e.g. plain)"
+        )
+    messages: list[dict[str, str]] = []
+    if row.system:
+        messages.append({"role": "system", "content": row.system})
+    for user, assistant in row.history:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    messages.append({"role": "user", "content": _user_text(row)})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def body_sha256(kind: str, body: str) -> str:
+    return hashlib.sha256(f"{kind}\x00{body}".encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- catalog functions
+
+
+def add_template(
+    session: Session, name: str, kind: str, body: str, user: str, description: str | None = None,
+    builtin: bool = False,
+) -> tuple[PromptTemplate, bool]:
+    """Register `body` under `name`; returns (template, created). An identical latest body is reused."""
+    check_name(name, "template name")
+    validate_body(kind, body)
+    digest = body_sha256(kind, body)
+    latest = latest_template(session, name)
+    if latest is not None and latest.sha256 == digest:
+        return latest, False
+    tpl = PromptTemplate(
+        name=name,
+        version=(latest.version + 1) if latest else 1,
+        kind=kind,
+        body=body,
+        description=description,
+        builtin=builtin,
+        sha256=digest,
+        created_by=user,
+    )
+    session.add(tpl)
+    session.flush()
+    return tpl, True
+
+
+def latest_template(session: Session, name: str) -> PromptTemplate | None:
+    return session.scalars(
+        select(PromptTemplate).where(PromptTemplate.name == name).order_by(PromptTemplate.version.desc()).limit(1)
+    ).first()
+
+
+def get_template(session: Session, ref: str) -> PromptTemplate:
+    """`name` (latest version) or `name:version`."""
+    name, version = split_ref(ref)
+    if version is None:
+        tpl = latest_template(session, name)
+    else:
+        tpl = session.scalars(
+            select(PromptTemplate).where(PromptTemplate.name == name, PromptTemplate.version == version)
+        ).first()
+    if tpl is None:
+        known = ", ".join(list_template_names(session)) or "none"
+        raise NotFound(f"unknown template {ref!r} (known: {known}); see `ft templates list`")
+    return tpl
+
+
+def list_template_names(session: Session) -> Sequence[str]:
+    return session.scalars(select(PromptTemplate.name).distinct().order_by(PromptTemplate.name)).all()
+
+
+def list_templates(session: Session, all_versions: bool = False) -> Sequence[PromptTemplate]:
+    stmt = select(PromptTemplate).order_by(PromptTemplate.name, PromptTemplate.version)
+    if not all_versions:
+        latest = (
+            select(PromptTemplate.name, func.max(PromptTemplate.version).label("v"))
+            .group_by(PromptTemplate.name)
+            .subquery()
+        )
+        stmt = stmt.join(
+            latest, (PromptTemplate.name == latest.c.name) & (PromptTemplate.version == latest.c.v)
+        )
+    return session.scalars(stmt).all()
+
+
+def seed_builtin_templates(catalog: Catalog, user: str) -> list[str]:
+    """Insert the built-ins that are missing or changed; returns the refs added."""
+    added = []
+    with catalog.session() as s:
+        for name, (kind, body, description) in BUILTINS.items():
+            tpl, created = add_template(s, name, kind, body, user, description, builtin=True)
+            if created:
+                added.append(tpl.ref)
+    return added
