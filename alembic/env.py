@@ -4,6 +4,7 @@
 from logging.config import fileConfig
 
 from alembic import context
+
 from catalog.db import make_engine
 from catalog.models import Base
 from catalog.settings import Settings

@@ -140,7 +140,10 @@ def heartbeat(
     """Renew the lease (and write progress). Returns whether cancellation was requested.
     Raises LeaseLost if this owner no longer holds the job."""
     now = utcnow()
-    values: dict[str, Any] = {"lease_expires_at": now + dt.timedelta(seconds=lease_seconds), "updated_at": now}
+    values: dict[str, Any] = {
+        "lease_expires_at": now + dt.timedelta(seconds=lease_seconds),
+        "updated_at": now,
+    }
     if progress is not None:
         values["progress"] = progress
     with catalog.session() as s:
@@ -238,14 +241,18 @@ def requeue_expired(catalog: Catalog) -> list[Job]:
     requeued: list[Job] = []
     with catalog.session() as s:
         stale = s.scalars(
-            select(Job).where(Job.status == "running", Job.lease_expires_at < now).with_for_update(skip_locked=True)
+            select(Job)
+            .where(Job.status == "running", Job.lease_expires_at < now)
+            .with_for_update(skip_locked=True)
         ).all()
         for job in stale:
             if job.cancel_requested:
                 job.status, job.finished_at = "cancelled", now
             elif job.attempts >= job.max_attempts:
                 job.status, job.finished_at = "failed", now
-                job.error = f"worker {job.lease_owner} stopped responding; gave up after {job.attempts} attempts"
+                job.error = (
+                    f"worker {job.lease_owner} stopped responding; gave up after {job.attempts} attempts"
+                )
             else:
                 job.status = "queued"
                 requeued.append(job)

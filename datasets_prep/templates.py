@@ -29,7 +29,7 @@ KINDS = ("format", "jinja", "chat")
 FIELDS = ("instruction", "input", "system")
 
 TRIPLES_INSTRUCTION = (
-    '你现在是一个信息抽取模型，请你帮我抽取出关系内容为"性能故障", "部件故障", "组成"和 "检测工具"的相关三元组，'
+    '你现在是一个信息抽取模型，请你帮我抽取出关系内容为"性能故障", "部件故障", "组成"和 "检测工具"的相关三元组，'  # noqa: E501
     '三元组内部用"_"连接，三元组之间用\\n分割。文本：'
 )
 
@@ -67,7 +67,9 @@ def validate_body(kind: str, body: str) -> None:
         try:
             names = [f for _, f, _, _ in string.Formatter().parse(body) if f is not None]
         except ValueError as exc:
-            raise InvalidInput(f"template body is not a valid format string: {exc} (use {{{{ for a brace)")
+            raise InvalidInput(
+                f"template body is not a valid format string: {exc} (use {{{{ for a brace)"
+            ) from exc
         unknown = sorted({n for n in names if n not in FIELDS})
         if unknown:
             raise InvalidInput(
@@ -112,7 +114,12 @@ def body_sha256(kind: str, body: str) -> str:
 
 
 def add_template(
-    session: Session, name: str, kind: str, body: str, user: str, description: str | None = None,
+    session: Session,
+    name: str,
+    kind: str,
+    body: str,
+    user: str,
+    description: str | None = None,
     builtin: bool = False,
 ) -> tuple[PromptTemplate, bool]:
     """Register `body` under `name`; returns (template, created). An identical latest body is reused."""
@@ -139,7 +146,10 @@ def add_template(
 
 def latest_template(session: Session, name: str) -> PromptTemplate | None:
     return session.scalars(
-        select(PromptTemplate).where(PromptTemplate.name == name).order_by(PromptTemplate.version.desc()).limit(1)
+        select(PromptTemplate)
+        .where(PromptTemplate.name == name)
+        .order_by(PromptTemplate.version.desc())
+        .limit(1)
     ).first()
 
 

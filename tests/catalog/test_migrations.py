@@ -26,7 +26,9 @@ def _check_upgrade_matches_models(url: str) -> None:
         require_current(engine)
         assert TABLES <= set(inspect(engine).get_table_names())
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+            )
         assert diff == [], f"models and migrations disagree: {diff}"
         assert upgrade(engine) == (head_revision(), head_revision())  # idempotent
     finally:
