@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up ft on a fresh Debian/Ubuntu machine: the servers the tests use (redis-server, PostgreSQL),
+# a CPU build of torch unless one is installed, and ft itself (editable) with its test extras.
+#
+#   bash scripts/setup.sh            # then: ft quickstart   or   python -m pytest
+#
+# On a GPU machine install the CUDA build of torch first; this script keeps an installed torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null; then
+    echo "setup: installing ${need_apt[*]} (apt)"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: warning: no apt-get; install ${need_apt[*]} yourself for the server tests" >&2
+  fi
+fi
+
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  echo "setup: installing torch (CPU build)"
+  "$PY" -m pip install -q torch==2.13.0
+fi
+echo "setup: installing ft"
+"$PY" -m pip install -q -e ".[test]"
+echo "setup: done ($("$PY" -c 'import torch, transformers, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__)'))"
