@@ -9,6 +9,7 @@ Templates are immutable: adding a changed body under an existing name makes a ne
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import string
 from collections.abc import Sequence
@@ -55,6 +56,11 @@ BUILTINS: dict[str, tuple[str, str, str]] = {
 _jinja = ImmutableSandboxedEnvironment(keep_trailing_newline=True)
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(body: str) -> Any:
+    return _jinja.from_string(body)
+
+
 def _user_text(row: Row) -> str:
     return row.instruction + row.input
 
@@ -90,7 +96,7 @@ def render_prompt(kind: str, body: str, row: Row, tokenizer: Any = None) -> str:
     if kind == "format":
         return body.format(instruction=row.instruction, input=row.input, system=row.system or "")
     if kind == "jinja":
-        return _jinja.from_string(body).render(
+        return _compiled(body).render(
             instruction=row.instruction, input=row.input, system=row.system or "", history=row.history
         )
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):

@@ -1,0 +1,299 @@
+"""Conversion: a dataset version + a template version + a tokenizer -> tokenised Arrow splits, cached.
+
+A conversion artifact (kind `conversions`) holds one `<split>.arrow` per split (an Arrow IPC stream
+with `input_ids` and `labels`, both list<int32>; `datasets.Dataset.from_file` loads it) and
+`stats.json`. It is keyed by what determines its content: the dataset's, template's and
+tokenizer's sha256, `max_len`, `max_source_len` and FORMAT_VERSION, so an identical request
+re-uses the registered conversion instead of tokenising again.
+
+The queue calls, in order:
+
+    spec = resolve_convert_spec(session, dataset="faults:1", model="smol", template="plain")
+    find_conversion(session, spec.cache_key)                          # None -> build it
+    built = build_conversion(store, spec, dataset, template, tokenizer, report=progress)
+    register_conversion(session, spec, built, job_id=job.id, user=user)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from catalog.errors import InvalidInput, NotFound
+from catalog.models import BaseModel, Conversion, Dataset, PromptTemplate
+from catalog.names import check_name, split_ref
+from catalog.store import ArtifactStore, StoredArtifact
+from datasets_prep.canonical import load_split
+from datasets_prep.rows import Row
+from datasets_prep.templates import get_template
+from datasets_prep.tokenize import SplitStats, tokenize_rows
+
+FORMAT_VERSION = 1
+"""Bump when the bytes a conversion writes change for the same inputs (invalidates the cache)."""
+STATS_FILE = "stats.json"
+MAX_LEN_LIMIT = 1 << 20
+REPORT_INTERVAL_S = 0.5
+
+SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
+
+Report = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class ConvertSpec:
+    """A resolved conversion request; the `convert` job's spec JSON is this, serialised."""
+
+    dataset_id: int
+    """The dataset version (datasets.id)."""
+    template_id: int
+    """The template version (prompt_templates.id)."""
+    base_model_id: int
+    """The base model whose tokenizer is used (base_models.id)."""
+    max_len: int = 1024
+    """`--max-len`: most tokens in one example (prompt + output); longer outputs are cut."""
+    max_source_len: int | None = None
+    """`--max-source-len`: most prompt tokens (the start is kept); None: only `max_len` applies."""
+    dataset_ref: str = ""
+    """Display: `name:version` of the dataset."""
+    template_ref: str = ""
+    """Display: `name:version` of the template."""
+    model_name: str = ""
+    """Display: the base model's name."""
+    tokenizer_sha256: str = ""
+    """The tokenizer's identity, part of the cache key."""
+    cache_key: str = ""
+    """sha256 over everything that determines the content (see `conversion_cache_key`)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_len, bool) or not isinstance(self.max_len, int):
+            raise InvalidInput(f"--max-len must be a whole number, got {self.max_len!r}")
+        if not 2 <= self.max_len <= MAX_LEN_LIMIT:
+            raise InvalidInput(f"--max-len must be between 2 and {MAX_LEN_LIMIT}, got {self.max_len}")
+        if self.max_source_len is not None:
+            if isinstance(self.max_source_len, bool) or not isinstance(self.max_source_len, int):
+                raise InvalidInput(f"--max-source-len must be a whole number, got {self.max_source_len!r}")
+            if not 1 <= self.max_source_len < self.max_len:
+                raise InvalidInput(
+                    f"--max-source-len must be at least 1 and less than --max-len ({self.max_len}) so that "
+                    f"output tokens fit, got {self.max_source_len}"
+                )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ConvertSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInput(
+                f"convert spec has unknown field(s) {', '.join(unknown)} (written by a newer ft?)"
+            )
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class BuiltConversion:
+    artifact: StoredArtifact
+    stats: dict[str, Any]
+    """Per split: rows, dropped, prompt_truncated, output_truncated, tokens, label_tokens,
+    max_length, mean_length."""
+
+
+def conversion_cache_key(
+    dataset_sha256: str, template_sha256: str, tokenizer_sha256: str, max_len: int, max_source_len: int | None
+) -> str:
+    parts = {
+        "format_version": FORMAT_VERSION,
+        "dataset": dataset_sha256,
+        "template": template_sha256,
+        "tokenizer": tokenizer_sha256,
+        "max_len": max_len,
+        "max_source_len": max_source_len,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def model_tokenizer_identity(model: BaseModel) -> str:
+    """The recorded tokenizer sha256; a hub model not resolved yet is identified by id and revision."""
+    if model.tokenizer_sha256:
+        return model.tokenizer_sha256
+    return hashlib.sha256(f"hub\x00{model.origin}\x00{model.revision or ''}".encode()).hexdigest()
+
+
+def resolve_convert_spec(
+    session: Session,
+    *,
+    dataset: str,
+    model: str,
+    template: str,
+    max_len: int = 1024,
+    max_source_len: int | None = None,
+) -> ConvertSpec:
+    """Resolve names (`dataset` is NAME or NAME:VERSION) and validate; raises NotFound/InvalidInput."""
+    ds = find_dataset(session, dataset)
+    tpl = get_template(session, template)
+    bm = session.scalars(select(BaseModel).where(BaseModel.name == model)).first()
+    if bm is None:
+        known = ", ".join(session.scalars(select(BaseModel.name).order_by(BaseModel.name))) or "none"
+        raise NotFound(f"unknown base model {model!r} (known: {known}); see `ft models list`")
+    tok = model_tokenizer_identity(bm)
+    spec = ConvertSpec(
+        dataset_id=ds.id,
+        template_id=tpl.id,
+        base_model_id=bm.id,
+        max_len=max_len,
+        max_source_len=max_source_len,
+        dataset_ref=ds.ref,
+        template_ref=tpl.ref,
+        model_name=bm.name,
+        tokenizer_sha256=tok,
+    )
+    spec.cache_key = conversion_cache_key(ds.sha256, tpl.sha256, tok, spec.max_len, spec.max_source_len)
+    return spec
+
+
+def find_dataset(session: Session, ref: str) -> Dataset:
+    """`name` (latest version) or `name:version`."""
+    name, version = split_ref(ref)
+    stmt = select(Dataset).where(Dataset.name == name)
+    stmt = stmt.where(Dataset.version == version) if version is not None else stmt
+    ds = session.scalars(stmt.order_by(Dataset.version.desc()).limit(1)).first()
+    if ds is None:
+        known = ", ".join(session.scalars(select(Dataset.name).distinct().order_by(Dataset.name))) or "none"
+        raise NotFound(f"unknown dataset {ref!r} (known: {known}); see `ft datasets list`")
+    return ds
+
+
+def find_conversion(session: Session, cache_key: str) -> Conversion | None:
+    return session.scalars(select(Conversion).where(Conversion.cache_key == cache_key)).first()
+
+
+def build_conversion(
+    store: ArtifactStore,
+    spec: ConvertSpec,
+    dataset: Dataset,
+    template: PromptTemplate,
+    tokenizer: Any,
+    report: Report | None = None,
+) -> BuiltConversion:
+    """Tokenise every split of `dataset` into `<split>.arrow` + stats.json and commit the artifact."""
+    if dataset.id != spec.dataset_id or template.id != spec.template_id:
+        raise ValueError("build_conversion: dataset/template rows do not match the spec")
+    progress = _Progress(dataset.total_rows, report)
+    stats: dict[str, Any] = {}
+    with store.staging() as d:
+        for split in dataset.split_counts:
+            rows = load_split(store, dataset, check_name(split, "split name"))
+            stats[split] = _write_split(
+                d / f"{split}.arrow", rows, tokenizer, template, spec, progress
+            ).to_json()
+        content = {"format_version": FORMAT_VERSION, "cache_key": spec.cache_key, "splits": stats}
+        (d / STATS_FILE).write_text(json.dumps(content, indent=1, sort_keys=True) + "\n")
+        artifact = store.commit(d, "conversions")
+    progress.done()
+    return BuiltConversion(artifact=artifact, stats=stats)
+
+
+def _write_split(
+    path: Path,
+    rows: Iterable[Row],
+    tokenizer: Any,
+    template: PromptTemplate,
+    spec: ConvertSpec,
+    progress: _Progress,
+) -> SplitStats:
+    """Tokenise `rows` into an Arrow IPC stream at `path`, batch by batch."""
+    stats, seen = SplitStats(), 0
+    batches = tokenize_rows(
+        rows,
+        tokenizer,
+        template.kind,
+        template.body,
+        max_len=spec.max_len,
+        max_source_len=spec.max_source_len,
+        stats=stats,
+    )
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
+        for batch in batches:
+            writer.write_batch(pa.record_batch(batch, schema=SCHEMA))
+            progress.advance(path.stem, stats.rows + stats.dropped - seen)
+            seen = stats.rows + stats.dropped
+    return stats
+
+
+class _Progress:
+    """Calls `report` with rows done / total, at most every REPORT_INTERVAL_S, and once at the end."""
+
+    def __init__(self, total: int, report: Report | None):
+        self.total, self.report = total, report
+        self.rows_done = 0
+        self.last = 0.0
+
+    def advance(self, split: str, rows: int) -> None:
+        self.rows_done += rows
+        now = time.monotonic()
+        if self.report is None or now - self.last < REPORT_INTERVAL_S:
+            return
+        self.last = now
+        self.report(
+            {"stage": "tokenize", "split": split, "rows_done": self.rows_done, "rows_total": self.total}
+        )
+
+    def done(self) -> None:
+        if self.report is not None:
+            self.report({"stage": "done", "rows_done": self.rows_done, "rows_total": self.total})
+
+
+def register_conversion(
+    session: Session, spec: ConvertSpec, built: BuiltConversion, *, job_id: int | None, user: str
+) -> Conversion:
+    """Insert the conversion row in the caller's transaction (an existing row with the same cache
+    key, from a concurrent job, is returned instead)."""
+    existing = find_conversion(session, spec.cache_key)
+    if existing is not None:
+        return existing
+    conversion = Conversion(
+        cache_key=spec.cache_key,
+        dataset_id=spec.dataset_id,
+        template_id=spec.template_id,
+        base_model_id=spec.base_model_id,
+        tokenizer_sha256=spec.tokenizer_sha256,
+        max_len=spec.max_len,
+        max_source_len=spec.max_source_len,
+        artifact_uri=built.artifact.uri,
+        sha256=built.artifact.sha256,
+        stats=built.stats,
+        job_id=job_id,
+        created_by=user,
+    )
+    session.add(conversion)
+    session.flush()
+    return conversion
+
+
+def conversion_path(store: ArtifactStore, conversion: Conversion, split: str) -> Path:
+    path = store.path(conversion.artifact_uri) / f"{check_name(split, 'split name')}.arrow"
+    if split not in conversion.stats:
+        raise NotFound(
+            f"conversion {conversion.id} has no split {split!r} (splits: {', '.join(conversion.stats)})"
+        )
+    if not path.is_file():
+        raise NotFound(f"conversion {conversion.id}: {path} is missing from the artifact store")
+    return path
+
+
+def load_tokenized(store: ArtifactStore, conversion: Conversion, split: str) -> Any:
+    """The tokenised split as a memory-mapped `datasets.Dataset` (columns input_ids, labels)."""
+    from datasets import Dataset as HFDataset
+
+    return HFDataset.from_file(str(conversion_path(store, conversion, split)))

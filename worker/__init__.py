@@ -1,0 +1,1 @@
+"""Worker side: training, evaluation and generation code that runs on GPU machines."""
