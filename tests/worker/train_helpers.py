@@ -1,0 +1,42 @@
+"""Helpers for the training-engine tests: real rows of the fault-triples data tokenised with the tiny
+model's tokenizer into the `input_ids` / `labels` Dataset that the conversion step produces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datasets import Dataset
+
+from tests.conftest import FAULTS_TRAIN
+from worker.trainer import run_training
+
+
+def run_cpu(*args, **kwargs):
+    """`run_training` pinned to the CPU (fp32, deterministic) even on a machine with a GPU."""
+    return run_training(*args, device="cpu", **kwargs)
+
+
+def tokenised_rows(model_dir: Path, n: int, max_tokens: int = 96, skip: int = 0) -> Dataset:
+    """`n` rows (after skipping `skip` eligible ones) whose prompt + answer fit in `max_tokens` tokens:
+    prompt = instruction + input with labels -100, then output + eos."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids_col, labels_col = [], []
+    with open(FAULTS_TRAIN, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            prompt = tok(row["instruction"] + row["input"], add_special_tokens=False)["input_ids"]
+            answer = tok(row["output"] + tok.eos_token, add_special_tokens=False)["input_ids"]
+            if len(prompt) + len(answer) > max_tokens:
+                continue
+            if skip:
+                skip -= 1
+                continue
+            ids_col.append(prompt + answer)
+            labels_col.append([-100] * len(prompt) + answer)
+            if len(ids_col) == n:
+                break
+    assert len(ids_col) == n, "not enough short rows in the reference data"
+    return Dataset.from_dict({"input_ids": ids_col, "labels": labels_col})

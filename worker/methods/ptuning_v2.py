@@ -1,0 +1,53 @@
+"""`--method ptuning-v2`: P-Tuning v2, trainable prefixes on every layer's keys and values (peft prefix
+tuning), optionally reparameterised through an MLP (`--prefix-projection`, as in the P-Tuning v2 paper).
+ChatGLM's own P-Tuning v2 recipe trains the prefixes directly (no projection), hence the default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from catalog.errors import InvalidInput
+from worker.methods import compute_dtype, register_method
+
+
+@dataclass
+class PTuningV2Config:
+    """Flags of `--method ptuning-v2`."""
+
+    virtual_tokens: int = 32
+    """Prefix length: virtual key/value positions added to every layer (--virtual-tokens)."""
+    prefix_projection: bool = False
+    """Produce the prefixes through a two-layer MLP rather than train them directly (--prefix-projection)."""
+    projection_hidden: int = 512
+    """Hidden size of that MLP (--projection-hidden); used only with --prefix-projection."""
+
+    def __post_init__(self) -> None:
+        if self.virtual_tokens <= 0:
+            raise InvalidInput(f"--virtual-tokens must be > 0 (got {self.virtual_tokens})")
+        if self.projection_hidden <= 0:
+            raise InvalidInput(f"--projection-hidden must be > 0 (got {self.projection_hidden})")
+
+
+def load_kwargs(cfg: PTuningV2Config, device: torch.device | str) -> dict[str, Any]:
+    """The frozen base in the compute dtype (bf16 on GPU, fp32 on CPU)."""
+    return {"dtype": compute_dtype(device)}
+
+
+@register_method(
+    "ptuning-v2", config=PTuningV2Config, load_kwargs=load_kwargs, default_lr=1e-2, artifact="peft"
+)
+def prepare(model: nn.Module, cfg: PTuningV2Config) -> nn.Module:
+    """Wrap the base in a peft prefix-tuning model."""
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    peft_cfg = PrefixTuningConfig(
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=cfg.virtual_tokens,
+        prefix_projection=cfg.prefix_projection,
+        encoder_hidden_size=cfg.projection_hidden,
+    )
+    return get_peft_model(model, peft_cfg)
