@@ -1,0 +1,160 @@
+"""`ft submit KIND ...`: validate a job's whole spec, record it in the catalog, then enqueue it.
+
+Every subcommand resolves names to catalog rows and validates first (errors name the flag), then
+calls `enqueue`, which commits the `queued` job row and only then sends the message carrying its
+id, and `report_submitted`, which prints the id or (with `--wait`) follows the job to its end.
+Other modules add subcommands (`train`, `eval`) to the `submit` group with the same helpers (and
+are imported by `cli.main`):
+
+    @submit.command("train")
+    @submit_options(default_queue="gpu")
+    @pass_app
+    def train(app, ..., priority, queue, wait, as_json): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from catalog.models import Job
+from cli.context import AppContext, pass_app
+from cli.follow import follow_job, job_dict, raise_unless_succeeded
+from cli.output import print_json
+from worker.queues import MAX_PRIORITY, QUEUES
+
+
+@click.group()
+def submit() -> None:
+    """Enqueue a conversion, training or evaluation job for the workers.
+
+    \b
+    Example:
+        ft submit convert faults --model smol --template plain --wait
+    """
+
+
+def submit_options(default_queue: str = "cpu") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options every `ft submit` subcommand shares: --priority, --queue, --wait, --json."""
+    options = [
+        click.option(
+            "--priority",
+            type=click.IntRange(0, MAX_PRIORITY),
+            default=0,
+            show_default=True,
+            help=f"0-{MAX_PRIORITY}; higher runs first (Redis; the embedded broker is first-in first-out).",
+        ),
+        click.option(
+            "--queue",
+            type=click.Choice(QUEUES),
+            default=default_queue,
+            show_default=True,
+            help="Which workers may run it.",
+        ),
+        click.option("--wait", is_flag=True, help="Follow the job to its end; exit non-zero if it fails."),
+        click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
+    ]
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def enqueue(app: AppContext, kind: str, spec: dict[str, Any], *, queue: str, priority: int) -> Job:
+    """Commit a `queued` job with `spec`, then send its message (a job that cannot be sent is
+    marked failed, and ServiceUnavailable names the broker)."""
+    from catalog.jobs import create_job
+    from worker.celery_app import make_celery, send_or_fail
+
+    settings = app.settings
+    with app.catalog.session() as s:
+        job = create_job(
+            s, kind, spec, settings.user, queue=queue, priority=priority, logs_dir=str(settings.logs)
+        )
+    send_or_fail(make_celery(settings), app.catalog, job)
+    return job
+
+
+def report_submitted(app: AppContext, job: Job, *, wait: bool, as_json: bool) -> None:
+    """Print the new job's id (or its JSON); with `wait`, follow it and fail if it does not succeed."""
+    if wait:
+        job = follow_job(app.catalog, job.id)
+    if as_json:
+        print_json(job_dict(job))
+    elif wait:
+        click.echo(f"job {job.id} {job.status}" + (f": {_summary(job.result)}" if job.result else ""))
+    else:
+        click.echo(job.id)
+        click.echo(
+            f"job {job.id} queued on {job.queue}; follow it with `ft jobs wait {job.id}` "
+            f"or `ft jobs logs -f {job.id}`",
+            err=True,
+        )
+    if wait:
+        raise_unless_succeeded(job)
+
+
+def _summary(result: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in result.items() if not isinstance(v, dict | list))
+
+
+@submit.command()
+@click.argument("dataset")
+@click.option("--model", "-m", required=True, help="Base model whose tokenizer to use (`ft models list`).")
+@click.option(
+    "--template", "-t", required=True, help="Prompt template, NAME or NAME:VERSION (`ft templates list`)."
+)
+@click.option("--max-len", type=int, default=1024, show_default=True, help="Tokens per example.")
+@click.option(
+    "--max-source-len",
+    type=int,
+    default=None,
+    help="Tokens kept of the prompt (the rest go to the output)  [default: no separate limit]",
+)
+@submit_options(default_queue="cpu")
+@pass_app
+def convert(
+    app: AppContext,
+    dataset: str,
+    model: str,
+    template: str,
+    max_len: int,
+    max_source_len: int | None,
+    priority: int,
+    queue: str,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Tokenise DATASET (NAME or NAME:VERSION) with a template for a model's tokenizer.
+
+    The result is cached: the same dataset version, template version, tokenizer and lengths
+    reuse the registered conversion instead of enqueuing a job.
+
+    \b
+    Example:
+        ft submit convert faults --model smol --template plain
+        ft submit convert faults:2 --model smol --template alpaca --max-len 512 --wait
+    """
+    from datasets_prep.convert import find_conversion, resolve_convert_spec
+
+    with app.catalog.session() as s:
+        spec = resolve_convert_spec(
+            s, dataset=dataset, model=model, template=template, max_len=max_len, max_source_len=max_source_len
+        )
+        cached = find_conversion(s, spec.cache_key)
+    if cached is not None:
+        if as_json:
+            print_json({"cache_hit": True, "conversion_id": cached.id, "cache_key": spec.cache_key})
+        else:
+            click.echo(
+                f"cache hit: conversion {cached.id} ({spec.dataset_ref}, template {spec.template_ref}, "
+                f"model {spec.model_name}, max_len {spec.max_len})"
+            )
+        return
+    job = enqueue(app, "convert", spec.to_json(), queue=queue, priority=priority)
+    report_submitted(app, job, wait=wait, as_json=as_json)
