@@ -71,6 +71,7 @@ def _register_subcommands() -> None:
         ("cli.templates", "templates"),
         ("cli.models", "models"),
         ("cli.submit", "submit"),
+        ("cli.submit_train", None),  # adds `ft submit train`
         ("cli.jobs", "jobs"),
         ("cli.worker", "worker"),
         ("cli.adapters", "adapters"),
@@ -82,7 +83,8 @@ def _register_subcommands() -> None:
             if exc.name == module:  # not written yet
                 continue
             raise
-        cli.add_command(getattr(mod, name))
+        if name is not None:
+            cli.add_command(getattr(mod, name))
 
 
 _register_subcommands()

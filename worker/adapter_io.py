@@ -138,7 +138,8 @@ _KIND_TEXT = {
 }
 _USE = {
     "peft": "`worker.adapter_io.load_for_inference(base_dir, this_dir, method)`, or with peft: "
-    "`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), this_dir)`.",
+    "`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), this_dir)`. An adapter "
+    "trained on a quantised base (qlora, lora --base-bits 8) applies to the unquantised base too.",
     "freeze": '`worker.adapter_io.load_for_inference(base_dir, this_dir, "freeze")`: loads the base and '
     f"overwrites the tensors listed in `{FREEZE_MANIFEST}`.",
     "full": "`AutoModelForCausalLM.from_pretrained(this_dir)`.",
@@ -152,20 +153,31 @@ def load_for_inference(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    method_flags: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """The base with the artifact applied, in eval mode, ready to generate."""
-    kind = get_method(method).artifact
+    """The base with the artifact applied, in eval mode, ready to generate.
+
+    By default the base is loaded unquantised in `dtype`, also under an adapter trained on a 4-bit or
+    int8 base (qlora, lora --base-bits 8): the adapter applies to the full-precision weights that the
+    quantised ones approximate, as when merging. Given `method_flags` (the method's flags as trained,
+    e.g. `{}` for qlora, `{"base_bits": 8}` for lora), the base is loaded exactly as training loaded it,
+    quantised included (on a device where bitsandbytes runs): the trained model's outputs and memory."""
+    spec = get_method(method)
     artifact = Path(artifact_dir)
-    if kind == "full":
-        model = load_base(artifact, device, dtype=dtype)
-    elif kind == "peft":
+    if method_flags is None:
+        load_kwargs: dict[str, Any] = {"dtype": dtype}
+    else:
+        load_kwargs = spec.load_kwargs(spec.make_config(method_flags), device)
+    if spec.artifact == "full":
+        model = load_base(artifact, device, **load_kwargs)
+    elif spec.artifact == "peft":
         from peft import PeftModel
 
         if not (artifact / "adapter_config.json").is_file():
             raise InvalidInput(f"{artifact} holds no peft adapter (adapter_config.json is missing)")
-        model = PeftModel.from_pretrained(load_base(base_model_dir, device, dtype=dtype), artifact)
+        model = PeftModel.from_pretrained(load_base(base_model_dir, device, **load_kwargs), artifact)
     else:
-        model = load_base(base_model_dir, device, dtype=dtype)
+        model = load_base(base_model_dir, device, **load_kwargs)
         _apply_freeze(model, artifact)
     return model.eval()
 

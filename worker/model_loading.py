@@ -1,13 +1,20 @@
 """Load a base model directory (any `AutoModelForCausalLM`) onto a device, in a given dtype or
-quantised, and its tokenizer; count parameters.
+quantised, and its tokenizer; count parameters; say whether bitsandbytes can quantise on a device.
 
 The keyword arguments usually come from the method (`get_method(name).load_kwargs(cfg, device)`):
 `dtype`, and `quantization_config` (a transformers `BitsAndBytesConfig`) for qlora / lora --base-bits 8.
 `trust_remote_code` stays off unless the base model was registered with it (and a pinned revision).
+
+Quantised bases (4-bit NF4, int8) and 8-bit optimizers run on a CUDA GPU with bitsandbytes installed, or
+on the CPU with bitsandbytes >= 0.48, whose CPU backend quantises, trains through the quantised layers
+and steps 8-bit optimizers; `quantisation_problem(device)` says why not when they cannot.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +72,78 @@ def pad_token_id(tokenizer: Any) -> int:
     )
 
 
+BNB_CPU_MIN_VERSION = "0.48"
+"""The first bitsandbytes release whose CPU backend covers 4-bit / int8 training and 8-bit optimizers."""
+
+
+def quantisation_problem(device: torch.device | str) -> str | None:
+    """Why bitsandbytes (quantised bases, 8-bit optimizers) cannot run on `device` here; None if it can."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "this machine has no CUDA GPU"
+        if importlib.util.find_spec("bitsandbytes") is None:
+            return "the bitsandbytes package is not installed on the worker: pip install bitsandbytes"
+        return None
+    if device.type == "cpu":
+        return bitsandbytes_cpu_problem()
+    return f"bitsandbytes quantisation is not supported on {device.type} devices"
+
+
+@functools.cache
+def bitsandbytes_cpu_problem(min_version: str = BNB_CPU_MIN_VERSION) -> str | None:
+    """None if the installed bitsandbytes quantises, trains and optimises on the CPU, else why not.
+    Checked once per process: the version, then a tiny NF4 / int8 layer's forward and backward and an
+    8-bit AdamW step, since a build can be too old or lack its CPU library."""
+    install = f"pip install 'bitsandbytes>={min_version}'"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return f"the bitsandbytes package is not installed on the worker: {install}"
+    try:
+        import bitsandbytes as bnb
+        from packaging.version import Version
+
+        if Version(bnb.__version__) < Version(min_version):
+            return f"bitsandbytes {bnb.__version__} cannot quantise on the CPU: {install}"
+        with torch.random.fork_rng(devices=[]):  # leave the caller's seeded generator as it was
+            x = torch.randn(2, 64)
+            layers = [
+                bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4").to("cpu"),
+                bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=False).to("cpu"),
+            ]
+            head = nn.Linear(64, 64)
+            optimizer = bnb.optim.AdamW8bit(head.parameters(), lr=1e-3)
+            for layer in layers:
+                layer(head(x)).square().mean().backward()
+            optimizer.step()
+        if not all(torch.isfinite(p).all() for p in head.parameters()):
+            raise RuntimeError("non-finite result")
+    except Exception as exc:  # a broken or partial install: any failure means "not here"
+        return f"bitsandbytes failed a test quantisation on this CPU ({type(exc).__name__}: {exc}): {install}"
+    return None
+
+
+class _FirstOccurrence(logging.Filter):
+    """Lets each distinct message through once: bitsandbytes logs the cast of an int8 layer's input
+    to fp16 on every forward outside training, i.e. hundreds of lines per evaluation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def _log_bitsandbytes_casts_once() -> None:
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _FirstOccurrence) for f in logger.filters):
+        logger.addFilter(_FirstOccurrence())
+
+
 def load_base(
     model_dir: Path | str,
     device: torch.device | str = "cpu",
@@ -83,19 +162,23 @@ def load_base(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if quantization_config is not None:
-        if device.type != "cuda":
-            raise InvalidInput("a quantised base model needs a CUDA GPU")
+        problem = quantisation_problem(device)
+        if problem:
+            raise InvalidInput(f"a quantised base model cannot be loaded on {device}: {problem}")
         kwargs["quantization_config"] = quantization_config
+        _log_bitsandbytes_casts_once()
     if device.type == "cuda":
         # Loads straight onto the GPU; quantisation also requires an explicit device map.
         kwargs["device_map"] = {"": device.index or 0}
+    elif quantization_config is not None:
+        kwargs["device_map"] = {"": "cpu"}  # bitsandbytes quantises each weight as it is placed
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except torch.OutOfMemoryError as exc:
         raise InvalidInput(
             f"the base model in {path} does not fit in GPU memory: use --method qlora or lora --base-bits 8"
         ) from exc
-    if device.type != "cuda":
+    if "device_map" not in kwargs:  # a quantised model is where its device map put it and cannot move
         model.to(device)
     return model
 

@@ -1,12 +1,15 @@
 """Optimizer, learning-rate schedule and seeding of a training run.
 
 AdamW over the trainable parameters (fused on CUDA), with no weight decay on biases and norms, or
-bitsandbytes' 8-bit / paged 8-bit AdamW (`--optimizer`, the qlora default); a linear warm-up followed
-by cosine or linear decay to zero, or a constant rate (`--scheduler`).
+bitsandbytes' 8-bit / paged 8-bit AdamW (`--optimizer`, the qlora default; on a CUDA GPU, or on the CPU
+with bitsandbytes >= 0.48, where the paged one is plain 8-bit AdamW: paging moves optimizer state
+between GPU and host memory, and on the CPU it is in host memory already); a linear warm-up followed by
+cosine or linear decay to zero, or a constant rate (`--scheduler`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from typing import Any
@@ -16,7 +19,10 @@ import torch
 from torch import nn
 
 from catalog.errors import InvalidInput
+from worker.model_loading import quantisation_problem
 from worker.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -37,12 +43,19 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     groups = [{"params": ps, "weight_decay": wd} for ps, wd in ((decay, cfg.weight_decay), (rest, 0.0)) if ps]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
-    if device.type != "cuda":
-        raise InvalidInput(f"--optimizer {cfg.optimizer} needs a CUDA GPU: use --optimizer adamw")
+    reason = quantisation_problem(device)
+    if reason:
+        raise InvalidInput(
+            f"--optimizer {cfg.optimizer} needs bitsandbytes, which cannot run on {device} here: {reason}. "
+            "Or use --optimizer adamw"
+        )
     import bitsandbytes as bnb
 
-    cls = bnb.optim.PagedAdamW8bit if cfg.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
-    return cls(groups, lr=cfg.lr)
+    if cfg.optimizer == "paged_adamw_8bit" and device.type == "cuda":
+        return bnb.optim.PagedAdamW8bit(groups, lr=cfg.lr)
+    if cfg.optimizer == "paged_adamw_8bit":
+        log.info("--optimizer paged_adamw_8bit on %s: using AdamW8bit (paging is for GPU memory)", device)
+    return bnb.optim.AdamW8bit(groups, lr=cfg.lr)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:

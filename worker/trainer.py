@@ -365,8 +365,8 @@ def run_training(
     trust_remote_code: bool = False,
 ) -> tuple[nn.Module, TrainResult, ParamCounts]:
     """The recipe: load the base, make it trainable with `method`, train. `method_cfg` is the method's
-    config (or a dict of its flags). Quantised methods are refused before anything is loaded when the
-    device has no CUDA."""
+    config (or a dict of its flags). Quantised methods are refused before anything is loaded when
+    bitsandbytes cannot run on the device."""
     spec = get_method(method)
     method_cfg = spec.make_config(method_cfg) if isinstance(method_cfg, dict) else method_cfg
     if not isinstance(method_cfg, spec.config):

@@ -1,16 +1,20 @@
 """Every training method on the tiny real Llama: registry, flag validation, what each one trains,
-its artifact saved, reloaded onto the base and generating; qlora / int8 refused without CUDA."""
+its artifact saved, reloaded onto the base and generating. The quantised ones (qlora's 4-bit NF4 base,
+lora --base-bits 8) train on the CPU through bitsandbytes' CPU backend, and are refused where
+bitsandbytes cannot run."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from catalog.errors import InvalidInput
-from tests.worker.train_helpers import run_cpu, tokenised_rows
+from tests.worker.train_helpers import needs_bnb_cpu, run_cpu, tokenised_rows
 from worker.adapter_io import load_for_inference, merge_to_dir, save_artifact
 from worker.methods import METHODS, get_method, register_method
 from worker.methods.freeze import FreezeConfig, find_blocks
@@ -19,9 +23,16 @@ from worker.methods.lora import LoraMethodConfig
 from worker.methods.ptuning import PTuningConfig
 from worker.methods.ptuning_v2 import PTuningV2Config
 from worker.methods.qlora import QLoraConfig
-from worker.model_loading import count_parameters, load_base, load_tokenizer
+from worker.model_loading import (
+    bitsandbytes_cpu_problem,
+    count_parameters,
+    load_base,
+    load_tokenizer,
+    quantisation_problem,
+)
+from worker.optimization import build_optimizer
 from worker.train_config import TrainConfig
-from worker.trainer import TrainPaths
+from worker.trainer import TrainHooks, TrainPaths
 
 BASE_PARAMS = 139_584  # the tiny Llama: vocab 1024 x 64 (tied) + 2 blocks + final norm
 
@@ -95,21 +106,48 @@ def test_train_config_round_trips_and_takes_method_defaults():
     assert TrainConfig(lr=1e-3).with_method_defaults(get_method("full")).lr == 1e-3
 
 
-def test_quantised_methods_refuse_a_machine_without_cuda(tiny_model_dir, rows, tmp_path):
-    with pytest.raises(InvalidInput, match="--method qlora needs a CUDA GPU"):
-        get_method("qlora").load_kwargs(QLoraConfig(), "cpu")
-    with pytest.raises(InvalidInput, match="--base-bits 8 needs a CUDA GPU"):
-        get_method("lora").load_kwargs(LoraMethodConfig(base_bits=8), "cpu")
+def test_quantised_methods_are_refused_where_bitsandbytes_cannot_run(
+    tiny_model_dir, rows, tmp_path, monkeypatch
+):
+    from transformers import BitsAndBytesConfig
+
+    int8 = BitsAndBytesConfig(load_in_8bit=True)
     paths = TrainPaths(tmp_path / "ckpt")
-    with pytest.raises(InvalidInput, match="needs a CUDA GPU"):
-        run_cpu(tiny_model_dir, rows, "qlora", {}, TrainConfig(max_steps=1), paths)
-    with pytest.raises(InvalidInput, match="needs a CUDA GPU"):
-        run_cpu(tiny_model_dir, rows, "lora", {"base_bits": 8}, TrainConfig(max_steps=1), paths)
-    with pytest.raises(InvalidInput, match="--optimizer paged_adamw_8bit needs a CUDA GPU"):
-        run_cpu(
-            tiny_model_dir, rows, "lora", {}, TrainConfig(max_steps=1, optimizer="paged_adamw_8bit"), paths
-        )
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` fails: not installed
+        bitsandbytes_cpu_problem.cache_clear()
+        try:
+            missing = (
+                "the bitsandbytes package is not installed on the worker: pip install 'bitsandbytes>=0.48'"
+            )
+            assert quantisation_problem("cpu") == missing
+            with pytest.raises(InvalidInput, match=r"--method qlora needs bitsandbytes .* cannot run on cpu"):
+                get_method("qlora").load_kwargs(QLoraConfig(), "cpu")
+            with pytest.raises(InvalidInput, match=r"--base-bits 8 needs bitsandbytes .*not installed"):
+                get_method("lora").load_kwargs(LoraMethodConfig(base_bits=8), "cpu")
+            with pytest.raises(InvalidInput, match=r"Or use --method lora"):
+                run_cpu(tiny_model_dir, rows, "qlora", {}, TrainConfig(max_steps=1), paths)
+            with pytest.raises(InvalidInput, match=r"Or omit --base-bits"):
+                run_cpu(tiny_model_dir, rows, "lora", {"base_bits": 8}, TrainConfig(max_steps=1), paths)
+            with pytest.raises(InvalidInput, match="a quantised base model cannot be loaded on cpu"):
+                load_base(tiny_model_dir, quantization_config=int8)
+            cfg = TrainConfig(lr=1e-3, optimizer="paged_adamw_8bit")
+            with pytest.raises(InvalidInput, match=r"--optimizer paged_adamw_8bit needs bitsandbytes.*adamw"):
+                build_optimizer(nn.Linear(4, 4), cfg, torch.device("cpu"))
+        finally:
+            bitsandbytes_cpu_problem.cache_clear()
     assert not paths.checkpoints.exists()
+    if not torch.cuda.is_available():
+        assert quantisation_problem("cuda") == "this machine has no CUDA GPU"
+        with pytest.raises(InvalidInput, match="cannot run on cuda here: this machine has no CUDA GPU"):
+            get_method("qlora").load_kwargs(QLoraConfig(), "cuda")
+
+
+def test_a_bitsandbytes_too_old_for_the_cpu_is_refused():
+    bnb = pytest.importorskip("bitsandbytes")
+    assert bitsandbytes_cpu_problem(min_version="99.0") == (
+        f"bitsandbytes {bnb.__version__} cannot quantise on the CPU: pip install 'bitsandbytes>=99.0'"
+    )
 
 
 def test_find_blocks_is_generic(tiny_model_dir):
@@ -147,16 +185,40 @@ def test_freeze_refuses_impossible_selections(tiny_model_dir):
         get_method("freeze").prepare(load_base(tiny_model_dir), FreezeConfig(modules="*.nothing"))
 
 
+def lora_params(rank: int) -> int:
+    """Adapter parameters on all linear layers of the tiny Llama's 2 blocks: per block r x (in + out) for
+    q 64->64, k/v 64->32, o 64->64, gate/up 64->128, down 128->64."""
+    return 2 * rank * ((64 + 64) * 2 + (64 + 32) * 2 + (64 + 128) * 3)
+
+
 def test_lora_and_full_parameter_counts(tiny_model_dir):
     assert count_parameters(load_base(tiny_model_dir)).total == BASE_PARAMS
     lora = get_method("lora").prepare(load_base(tiny_model_dir), LoraMethodConfig(rank=8))
-    # per block, r x (in + out) for q 64->64, k/v 64->32, o 64->64, gate/up 64->128, down 128->64
-    per_block = 8 * ((64 + 64) * 2 + (64 + 32) * 2 + (64 + 128) * 3)
-    assert count_parameters(lora).trainable == 2 * per_block
-    assert count_parameters(lora).total == BASE_PARAMS + 2 * per_block
+    assert count_parameters(lora).trainable == lora_params(8)
+    assert count_parameters(lora).total == BASE_PARAMS + lora_params(8)
     assert count_parameters(lora).trainable == lora.get_nb_trainable_parameters()[0]
     full = get_method("full").prepare(load_base(tiny_model_dir), FullConfig())
     assert count_parameters(full).trainable == count_parameters(full).total == BASE_PARAMS
+
+
+@needs_bnb_cpu
+@pytest.mark.parametrize(
+    ("method", "cfg", "layer"),
+    [("qlora", QLoraConfig(), "Linear4bit"), ("lora", LoraMethodConfig(base_bits=8), "Linear8bitLt")],
+)
+def test_quantised_bases_on_the_cpu_count_the_parameters_they_encode(tiny_model_dir, method, cfg, layer):
+    spec = get_method(method)
+    base = load_base(tiny_model_dir, "cpu", **spec.load_kwargs(cfg, "cpu"))
+    quantised = [name for name, module in base.named_modules() if type(module).__name__ == layer]
+    assert (
+        len(quantised) == 2 * 7 and "lm_head" not in quantised
+    )  # every block linear; head and embedding stay
+    assert count_parameters(base).total == BASE_PARAMS
+    model = spec.prepare(base, cfg)
+    assert (
+        count_parameters(model).trainable == lora_params(cfg.rank) == model.get_nb_trainable_parameters()[0]
+    )
+    assert count_parameters(model).total == BASE_PARAMS + lora_params(cfg.rank)
 
 
 CASES = [
@@ -168,10 +230,18 @@ CASES = [
     ("lora", {}),
     ("lora", {"dora": True, "rank": 4}),
     ("full", {}),
+    pytest.param("qlora", {}, marks=needs_bnb_cpu),
+    pytest.param("qlora", {"dora": True, "rank": 4}, marks=needs_bnb_cpu),
+    pytest.param("lora", {"base_bits": 8}, marks=needs_bnb_cpu),
 ]
 
 
-@pytest.mark.parametrize(("method", "flags"), CASES, ids=[f"{m}{sorted(f)}" for m, f in CASES])
+def _case_id(case) -> str:
+    method, flags = case.values if hasattr(case, "values") else case
+    return f"{method}{sorted(flags)}"
+
+
+@pytest.mark.parametrize(("method", "flags"), CASES, ids=[_case_id(c) for c in CASES])
 def test_method_trains_saves_reloads_and_generates(tiny_model_dir, rows, tmp_path, method, flags):
     cfg = TrainConfig(max_steps=3, batch_size=2, lr=1e-2, save_steps=100)
     model, result, counts = run_cpu(tiny_model_dir, rows, method, flags, cfg, TrainPaths(tmp_path / "ckpt"))
@@ -201,7 +271,8 @@ def test_method_trains_saves_reloads_and_generates(tiny_model_dir, rows, tmp_pat
         == counts.trainable
     )
 
-    reloaded = load_for_inference(tiny_model_dir, out, method)
+    # Loaded as training loaded it (4-bit / int8 included): exactly the trained model.
+    reloaded = load_for_inference(tiny_model_dir, out, method, method_flags=flags)
     base = load_base(tiny_model_dir).eval()
     ids = torch.tensor([rows[0]["input_ids"][:40]])
     with torch.no_grad():
@@ -211,14 +282,46 @@ def test_method_trains_saves_reloads_and_generates(tiny_model_dir, rows, tmp_pat
     assert not torch.allclose(
         reloaded_logits[:, -1], base_logits[:, -1], atol=1e-4
     )  # the training is in there
-    generated = reloaded.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=4,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
+    inference = [reloaded]
+    if method == "qlora" or flags.get("base_bits"):
+        # The default reload puts the adapter on the unquantised base: the trained model up to the base's
+        # quantisation error, far closer to it than the base is.
+        plain = load_for_inference(tiny_model_dir, out, method)
+        assert not any("bitsandbytes" in type(m).__module__ for m in plain.modules())
+        with torch.no_grad():
+            plain_gap = (plain(input_ids=ids).logits - trained_logits).abs().max()
+        assert plain_gap < 0.2 * (base_logits - trained_logits).abs().max()
+        inference.append(plain)
+    for generator in inference:
+        generated = generator.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        assert generated.shape[1] > ids.shape[1]
+
+
+@needs_bnb_cpu
+def test_qlora_resumes_from_its_checkpoint_exactly(tiny_model_dir, rows, tmp_path):
+    """The 8-bit optimizer's state goes through the checkpoint: a resumed run ends bit-identical."""
+
+    def run(root, stop_after=None):
+        seen: list[dict] = []
+        hooks = TrainHooks(on_progress=seen.append, should_stop=lambda: len(seen) == stop_after)
+        cfg = TrainConfig(max_steps=4, batch_size=2, lr=1e-2, save_steps=2)
+        return run_cpu(tiny_model_dir, rows, "qlora", {"dropout": 0.1}, cfg, TrainPaths(root), hooks)
+
+    straight, straight_result, _ = run(tmp_path / "straight")
+    _, first, _ = run(tmp_path / "broken", stop_after=3)
+    assert first.stopped and first.steps == 3
+    resumed, second, _ = run(tmp_path / "broken")
+    assert second.resumed_from == 2 and second.losses == straight_result.losses
+    trained = {n: p for n, p in straight.named_parameters() if p.requires_grad}
+    assert trained and all(
+        torch.equal(p, trained[n]) for n, p in resumed.named_parameters() if p.requires_grad
     )
-    assert generated.shape[1] > ids.shape[1]
 
 
 @pytest.mark.parametrize("dora", [False, True])

@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 
 from catalog.errors import InvalidInput
-from tests.worker.train_helpers import run_cpu, tokenised_rows
+from tests.worker.train_helpers import needs_bnb_cpu, run_cpu, tokenised_rows
 from worker.batching import IGNORE, collate, load_rows, plan_epoch
 from worker.methods import get_method
 from worker.methods.full import FullConfig
@@ -44,6 +44,12 @@ def rows(tiny_model_dir):
             TrainConfig(epochs=40, batch_size=4, lr=1e-2, scheduler="constant", warmup_ratio=0.0),
         ),
         ("full", {}, TrainConfig(epochs=40, batch_size=4, lr=1e-2, warmup_ratio=0.0)),
+        pytest.param(  # 4-bit NF4 base, 8-bit AdamW (the paged one's CPU stand-in)
+            "qlora",
+            {"rank": 16, "alpha": 32, "dropout": 0.0, "target": LORA_ALL_AND_HEAD},
+            TrainConfig(epochs=40, batch_size=4, lr=1e-2, scheduler="constant", warmup_ratio=0.0),
+            marks=needs_bnb_cpu,
+        ),
     ],
 )
 def test_training_drives_the_loss_down(tiny_model_dir, rows, tmp_path, method, flags, cfg):
@@ -72,11 +78,11 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, rows, tmp_p
     assert not all(torch.allclose(big[n], small[n], atol=1e-6) for n in big)
 
 
-@pytest.mark.parametrize("method", ["lora", "freeze"])
+@pytest.mark.parametrize("method", ["lora", "freeze", pytest.param("qlora", marks=needs_bnb_cpu)])
 def test_gradient_checkpointing_changes_memory_not_results(tiny_model_dir, rows, tmp_path, method):
     def run(checkpointing: bool):
         cfg = TrainConfig(max_steps=2, batch_size=4, lr=1e-2, gradient_checkpointing=checkpointing)
-        flags = {"dropout": 0.0} if method == "lora" else {}
+        flags = {"dropout": 0.0} if method in ("lora", "qlora") else {}
         model, result, _ = run_cpu(
             tiny_model_dir, rows, method, flags, cfg, TrainPaths(tmp_path / str(checkpointing))
         )

@@ -6,10 +6,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from datasets import Dataset
 
 from tests.conftest import FAULTS_TRAIN
+from worker.model_loading import bitsandbytes_cpu_problem
 from worker.trainer import run_training
+
+_BNB_CPU_PROBLEM = bitsandbytes_cpu_problem()
+needs_bnb_cpu = pytest.mark.skipif(
+    _BNB_CPU_PROBLEM is not None, reason=f"bitsandbytes cannot quantise on this CPU: {_BNB_CPU_PROBLEM}"
+)
+"""For tests that train a quantised base (qlora, lora --base-bits 8) on the CPU."""
 
 
 def run_cpu(*args, **kwargs):

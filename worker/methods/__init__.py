@@ -11,15 +11,14 @@ default learning rate and optimizer, and which artifact format the result is sav
     model = load_base(model_dir, device, **spec.load_kwargs(cfg, device))
     model = spec.prepare(model, cfg)
 
-The CUDA requirement of quantised bases (qlora, lora --base-bits 8) is checked by `load_kwargs` for the
-device the job actually runs on, not in the config's `__post_init__`: a spec is validated at submit
-time on a machine that may have no GPU although the worker that will train it does.
+Quantised bases (qlora, lora --base-bits 8) need bitsandbytes on a CUDA GPU, or bitsandbytes >= 0.48 on
+the CPU. That is checked by `load_kwargs` for the device the job actually runs on, not in the config's
+`__post_init__`: a spec is validated at submit time on a machine that may lack what the worker has.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from catalog.errors import InvalidInput
+from worker.model_loading import quantisation_problem
 
 ARTIFACT_KINDS = ("peft", "freeze", "full")
 
@@ -109,15 +109,16 @@ def compute_dtype(device: torch.device | str) -> torch.dtype:
     return torch.float32
 
 
-def require_cuda(device: torch.device | str, what: str, instead: str) -> None:
-    """InvalidInput unless `device` is a CUDA GPU and bitsandbytes is installed."""
+def require_quantisation(device: torch.device | str, what: str, instead: str) -> None:
+    """InvalidInput unless bitsandbytes can quantise on `device`: a CUDA GPU with bitsandbytes installed,
+    or the CPU with bitsandbytes >= 0.48."""
     device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
+    reason = quantisation_problem(device)
+    if reason:
         raise InvalidInput(
-            f"{what} needs a CUDA GPU (bitsandbytes quantisation); this machine has none: {instead}"
+            f"{what} needs bitsandbytes quantisation, which cannot run on {device} here: {reason}. "
+            f"Or {instead}"
         )
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise InvalidInput(f"{what} needs the bitsandbytes package on the worker: pip install bitsandbytes")
 
 
 def upcast_trainable(model: nn.Module) -> nn.Module:

@@ -1,6 +1,6 @@
 """`--method lora`: LoRA adapters on the base's linear layers (all of them by default); `--dora` makes
-them DoRA (weight-decomposed), `--base-bits 8` loads the frozen base in int8 (bitsandbytes, CUDA only),
-as the ChatGLM write-up's LoRA run did."""
+them DoRA (weight-decomposed), `--base-bits 8` loads the frozen base in int8 (bitsandbytes: a CUDA GPU,
+or the CPU with bitsandbytes >= 0.48), as the ChatGLM write-up's LoRA run did."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from catalog.errors import InvalidInput
-from worker.methods import compute_dtype, register_method, require_cuda
+from worker.methods import compute_dtype, register_method, require_quantisation
 
 ALL_LINEAR = "all-linear"
 
@@ -32,7 +32,7 @@ class LoraMethodConfig:
     dora: bool = False
     """Weight-decomposed LoRA (DoRA) instead of plain LoRA (--dora)."""
     base_bits: int | None = None
-    """Load the frozen base in 8-bit (--base-bits 8; needs a CUDA GPU); None keeps it in bf16/fp32."""
+    """Load the frozen base in 8-bit (--base-bits 8; needs bitsandbytes); None keeps it in bf16/fp32."""
 
     def __post_init__(self) -> None:
         check_lora_flags(self.rank, self.alpha, self.dropout, self.target)
@@ -90,10 +90,11 @@ def wrap(model: nn.Module, peft_cfg: Any, quantized: bool) -> nn.Module:
 
 
 def load_kwargs(cfg: LoraMethodConfig, device: torch.device | str) -> dict[str, Any]:
-    """The frozen base in bf16/fp32, or in int8 with --base-bits 8 (CUDA only)."""
+    """The frozen base in bf16/fp32, or in int8 with --base-bits 8 (bitsandbytes; int8 weights, the rest
+    and the computation in bf16 on a bf16 GPU, fp32 on the CPU)."""
     if cfg.base_bits != 8:
         return {"dtype": compute_dtype(device)}
-    require_cuda(device, "--base-bits 8", "omit --base-bits to train LoRA on a bf16/fp32 base")
+    require_quantisation(device, "--base-bits 8", "omit --base-bits to train LoRA on a bf16/fp32 base")
     from transformers import BitsAndBytesConfig
 
     return {"dtype": compute_dtype(device), "quantization_config": BitsAndBytesConfig(load_in_8bit=True)}

@@ -1,0 +1,200 @@
+"""`ft adapters ...`: the registry of trained adapters (list, show, export, rm)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+
+from catalog.models import Adapter
+from cli.context import AppContext, pass_app
+from cli.output import human_bytes, human_count, human_seconds, print_json, print_table, when
+
+
+def adapter_dict(a: Adapter) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "name": a.name,
+        "method": a.method,
+        "base_model": a.base_model.name,
+        "dataset": a.dataset.ref,
+        "template": a.template.ref,
+        "job_id": a.job_id,
+        "conversion_id": a.conversion_id,
+        "hyperparameters": a.hyperparameters,
+        "artifact_uri": a.artifact_uri,
+        "sha256": a.sha256,
+        "size_bytes": a.size_bytes,
+        "trainable_params": a.trainable_params,
+        "total_params": a.total_params,
+        "trainable_percent": 100.0 * a.trainable_params / a.total_params if a.total_params else None,
+        "peak_memory_bytes": a.peak_memory_bytes,
+        "train_seconds": a.train_seconds,
+        "tokens_seen": a.tokens_seen,
+        "final_loss": a.final_loss,
+        "metrics": a.metrics,
+        "ft_version": a.ft_version,
+        "status": a.status,
+        "created_by": a.created_by,
+        "created_at": a.created_at,
+    }
+
+
+@click.group()
+def adapters() -> None:
+    """The registry of trained adapters.
+
+    \b
+    Example:
+        ft adapters list --method lora
+        ft adapters show faults-lora
+        ft adapters export faults-lora ./out --merge
+    """
+
+
+@adapters.command("list")
+@click.option("--method", help="Only this training method.")
+@click.option("--model", "-m", help="Only adapters of this base model.")
+@click.option("--mine", is_flag=True, help="Only adapters I created.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def list_(app: AppContext, method: str | None, model: str | None, mine: bool, as_json: bool) -> None:
+    """List adapters, oldest first.
+
+    \b
+    Example:
+        ft adapters list
+        ft adapters list --method qlora --json
+    """
+    from catalog.adapters import list_adapters
+
+    with app.catalog.session() as s:
+        rows = list_adapters(s, method=method, model=model, user=app.settings.user if mine else None)
+        data = [adapter_dict(a) for a in rows]
+    if as_json:
+        print_json(data)
+        return
+    print_table(
+        ["name", "method", "base", "dataset", "trainable", "%", "loss", "time", "size", "created"],
+        [
+            [
+                d["name"],
+                d["method"],
+                d["base_model"],
+                d["dataset"],
+                human_count(d["trainable_params"]),
+                f"{d['trainable_percent']:.3f}" if d["trainable_percent"] is not None else "-",
+                f"{d['final_loss']:.4f}" if d["final_loss"] is not None else "-",
+                human_seconds(d["train_seconds"]),
+                human_bytes(d["size_bytes"]),
+                when(d["created_at"]),
+            ]
+            for d in data
+        ],  # fmt: skip
+        empty="(no adapters yet: `ft submit train --help`)",
+    )
+
+
+@adapters.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def show(app: AppContext, name: str, as_json: bool) -> None:
+    """Show an adapter's lineage, hyper-parameters, cost and artifact.
+
+    \b
+    Example:
+        ft adapters show faults-lora
+    """
+    from catalog.adapters import get_adapter
+
+    with app.catalog.session() as s:
+        d = adapter_dict(get_adapter(s, name))
+    d["path"] = str(app.store.path(d["artifact_uri"]))
+    if as_json:
+        print_json(d)
+        return
+    click.echo(
+        f"{d['name']}  ({d['method']}, job {d['job_id']}, by {d['created_by']} {when(d['created_at'])})"
+    )
+    lines = [
+        ("base model", d["base_model"]),
+        ("dataset", d["dataset"]),
+        ("template", d["template"]),
+        ("trainable", f"{d['trainable_params']:,} / {d['total_params']:,} ({d['trainable_percent']:.4f}%)"),
+        ("peak memory", human_bytes(d["peak_memory_bytes"])),
+        ("training time", human_seconds(d["train_seconds"])),
+        ("tokens seen", f"{d['tokens_seen']:,}" if d["tokens_seen"] is not None else "-"),
+        ("final loss", d["final_loss"]),
+        ("artifact", f"{d['path']} ({human_bytes(d['size_bytes'])}, sha256 {d['sha256'][:16]}...)"),
+    ]
+    for key, value in lines:
+        click.echo(f"  {key:<14}{value}")
+    click.echo("  hyper-parameters:")
+    for group, values in d["hyperparameters"].items():
+        if isinstance(values, dict):
+            click.echo(f"    {group}: " + ", ".join(f"{k}={v}" for k, v in values.items() if v is not None))
+        else:
+            click.echo(f"    {group}: {values}")
+
+
+@adapters.command()
+@click.argument("name")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--merge", is_flag=True, help="Merge LoRA/DoRA into the base and write a full model directory.")
+@pass_app
+def export(app: AppContext, name: str, dest: Path, merge: bool) -> None:
+    """Copy an adapter's files to DEST (which must not exist), or merge it into a full model.
+
+    \b
+    Example:
+        ft adapters export faults-lora ./faults-lora
+        ft adapters export faults-lora ./faults-merged --merge
+    """
+    from catalog.adapters import get_adapter
+    from catalog.errors import Conflict, InvalidInput
+    from catalog.store import MANIFEST
+
+    if dest.exists():
+        raise Conflict(f"{dest} already exists: choose a new directory")
+    with app.catalog.session() as s:
+        a = get_adapter(s, name)
+        method, uri, base = a.method, a.artifact_uri, a.base_model
+    src = app.store.path(uri)
+    problems = app.store.verify(uri)
+    if problems:
+        raise InvalidInput(f"adapter {name} artifact is damaged: {'; '.join(problems)}")
+    if merge:
+        from worker.adapter_io import merge_to_dir
+        from worker.base_models import model_dir
+
+        merge_to_dir(model_dir(app.store, base), src, dest, method=method)
+        click.echo(f"merged {name} into {base.name}: {dest}")
+        return
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(MANIFEST))
+    click.echo(f"exported {name} ({method}) to {dest}")
+
+
+@adapters.command()
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def rm(app: AppContext, name: str, yes: bool) -> None:
+    """Remove an adapter, its evaluations, and its artifact (unless another adapter shares it).
+
+    \b
+    Example:
+        ft adapters rm faults-lora-2 --yes
+    """
+    from catalog.adapters import artifact_in_use, remove_adapter
+
+    if not yes:
+        click.confirm(f"Remove adapter {name} and its files?", abort=True)
+    with app.catalog.session() as s:
+        uri = remove_adapter(s, name).artifact_uri
+    with app.catalog.session() as s:
+        if not artifact_in_use(s, uri):
+            app.store.remove(uri)
+    click.echo(f"removed adapter {name}")

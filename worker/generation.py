@@ -1,0 +1,322 @@
+"""The generation engine evaluation uses: batched, left-padded, length-sorted generation with a KV cache.
+
+    result = generate(model, tokenizer, prompts, GenerationConfig(max_new_tokens=256, batch_size=16))
+    result.texts  # one completion per prompt, in the prompts' order, prompt not included
+
+Prompts are sorted by token length (longest first, so an out-of-memory batch fails at once rather than
+after an hour) and generated `batch_size` at a time with left padding; the texts are put back in the
+original order. Rows stop on EOS (the tokenizer's and the model's generation config's) and, with
+`stop_on_repeated_line`, on the first line they repeat (see worker/stopping.py). Works for a plain
+causal LM and for a peft model, prompt-learning methods (prefix tuning, p-tuning) included.
+
+`generate_one_at_a_time` is the baseline the write-up's script amounted to (one `model.generate` per
+prompt, no padding); bench/bench_generation.py compares the two.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from peft import PeftType
+from transformers import GenerationConfig as HFGenerationConfig
+from transformers import StoppingCriteriaList
+
+from catalog.errors import InvalidInput
+from worker.stopping import CancelCriteria, RepeatedLineCriteria, cut_at_repeated_line
+
+ProgressFn = Callable[[dict[str, Any]], None]
+StopFn = Callable[[], bool]
+
+
+class GenerationCancelled(Exception):
+    """`should_stop()` returned True; the partial results were discarded."""
+
+
+@dataclass
+class GenerationConfig:
+    """How to decode. The defaults are the evaluation defaults: greedy, 256 new tokens, 16 per batch."""
+
+    max_new_tokens: int = 256
+    """Most tokens generated per prompt (`--max-new-tokens`)."""
+    batch_size: int = 16
+    """Prompts generated together (`--batch-size`); lower it on out-of-memory errors."""
+    sample: bool = False
+    """Sample instead of greedy decoding (`--sample`)."""
+    temperature: float = 1.0
+    """Softmax temperature when sampling (`--temperature`)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest token set with this much probability (`--top-p`)."""
+    stop_on_repeated_line: bool = False
+    """End a row once it completes a line it already produced, and cut that line from the text
+    (`--stop-on-repeated-line`); see worker/stopping.py."""
+    seed: int = 0
+    """Seed of the sampler (`--seed`); generation does not disturb the global RNG state."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise InvalidInput(f"--max-new-tokens must be an integer, got {self.max_new_tokens!r}")
+        if self.max_new_tokens < 1:
+            raise InvalidInput(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
+            raise InvalidInput(f"--batch-size must be an integer, got {self.batch_size!r}")
+        if self.batch_size < 1:
+            raise InvalidInput(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.temperature > 0:
+            raise InvalidInput(f"--temperature must be greater than 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidInput(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class GenerationResult:
+    """The completions and what they cost."""
+
+    texts: list[str]
+    """One completion per prompt, in the order of the prompts; trailing whitespace stripped."""
+    new_tokens: int
+    """Tokens generated over all prompts (up to and including each row's EOS; padding not counted)."""
+    seconds: float
+    tokens_per_s: float
+    peak_memory_bytes: int | None
+    """Peak CUDA memory allocated during the call; None on CPU."""
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    cfg: GenerationConfig,
+    *,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    add_special_tokens: bool = True,
+) -> GenerationResult:
+    """Complete every prompt, `cfg.batch_size` at a time; see the module docstring.
+
+    `on_progress` gets {"done", "total", "tokens_per_s"} after each batch. `should_stop` is asked
+    between batches and about once a second during one; when it returns True this raises
+    GenerationCancelled. Pass `add_special_tokens=False` for prompts rendered by a chat template,
+    which already hold their special tokens (as training tokenises them).
+    """
+    with _generation_session(model, tokenizer, cfg) as session:
+        ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"] if prompts else []
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # stable: ties keep prompt order
+        texts: list[str] = [""] * len(ids)
+        for start in range(0, len(order), cfg.batch_size):
+            batch = order[start : start + cfg.batch_size]
+            for i, text in zip(batch, session.run([ids[i] for i in batch], should_stop), strict=True):
+                texts[i] = text
+            if on_progress is not None:
+                on_progress({"done": start + len(batch), "total": len(ids), **session.rate()})
+    return session.result(texts)
+
+
+def generate_one_at_a_time(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    cfg: GenerationConfig,
+    *,
+    add_special_tokens: bool = True,
+) -> GenerationResult:
+    """The unbatched baseline: one `model.generate` per prompt, in order, no padding.
+
+    Decoding settings (EOS, sampling, repeated-line stop) are those of `generate`; only batching
+    differs, so a benchmark measures batching alone. `cfg.batch_size` is ignored.
+    """
+    with _generation_session(model, tokenizer, cfg) as session:
+        texts = [
+            session.run([tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]], None)[0]
+            for prompt in prompts
+        ]
+    return session.result(texts)
+
+
+# ---------------------------------------------------------------- internals
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS id plus those of the model's generation config, deduplicated, in order."""
+    found: list[int] = []
+    candidates: list[Any] = [tokenizer.eos_token_id]
+    gen_cfg = getattr(model, "generation_config", None)
+    if gen_cfg is not None:
+        candidates.append(gen_cfg.eos_token_id)
+    for value in candidates:
+        values = value if isinstance(value, list | tuple) else [value]
+        found += [int(v) for v in values if v is not None and int(v) not in found]
+    return found
+
+
+def _input_device(model: Any) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+@contextmanager
+def _left_padding(tokenizer: Any) -> Iterator[None]:
+    """Left padding, and a pad token (EOS when there is none), for the duration; both restored."""
+    side, pad = tokenizer.padding_side, tokenizer.pad_token
+    tokenizer.padding_side = "left"
+    if pad is None:
+        if tokenizer.eos_token is None:
+            raise InvalidInput("the tokenizer has neither a pad token nor an EOS token: cannot batch prompts")
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+        if pad is None:
+            tokenizer.pad_token = None
+
+
+@contextmanager
+def _generation_session(model: Any, tokenizer: Any, cfg: GenerationConfig) -> Iterator[_Session]:
+    """Eval mode, inference mode, left padding and a seeded private RNG; all undone on exit."""
+    device = _input_device(model)
+    cuda = device.type == "cuda"
+    was_training = model.training
+    model.eval()
+    try:
+        with (
+            _left_padding(tokenizer),
+            torch.inference_mode(),
+            torch.random.fork_rng(devices=[device] if cuda else []),
+        ):
+            torch.manual_seed(cfg.seed)
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            session = _Session(model, tokenizer, cfg, device)
+            yield session
+            session.finish()
+    finally:
+        model.train(was_training)
+
+
+class _Session:
+    """One generate() call's fixed state (device, decoding config, EOS ids) and running totals."""
+
+    def __init__(self, model: Any, tokenizer: Any, cfg: GenerationConfig, device: torch.device) -> None:
+        self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
+        self.eos = eos_token_ids(model, tokenizer)
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.hf_config = _hf_generation_config(cfg, self.eos, self.pad_id)
+        self.virtual_tokens = _prepends_virtual_tokens(model)
+        self.new_tokens = 0
+        self.started = time.perf_counter()
+        self.seconds: float | None = None
+        self.peak: int | None = None
+
+    def run(self, batch_ids: list[list[int]], should_stop: StopFn | None) -> list[str]:
+        """Generate for one batch of token-id lists; returns the cleaned texts in the batch's order."""
+        if should_stop is not None and should_stop():
+            raise GenerationCancelled("generation was cancelled")
+        enc = self.tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
+        input_ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        generate_fn, inputs, prompt_len = self._model_inputs(input_ids, mask)
+        criteria = StoppingCriteriaList()
+        if self.cfg.stop_on_repeated_line:
+            criteria.append(RepeatedLineCriteria(self.tokenizer, self.eos))
+        cancel = CancelCriteria(should_stop) if should_stop is not None else None
+        if cancel is not None:
+            criteria.append(cancel)
+        try:
+            out = generate_fn(**inputs, generation_config=self.hf_config, stopping_criteria=criteria)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise InvalidInput(
+                f"out of memory generating {len(batch_ids)} prompts of up to {input_ids.shape[1]} tokens "
+                f"(+{self.cfg.max_new_tokens} new): lower --batch-size or --max-new-tokens"
+            ) from exc
+        if cancel is not None and cancel.cancelled:
+            raise GenerationCancelled("generation was cancelled")
+        return [self._finish_row(row) for row in out[:, prompt_len:].tolist()]
+
+    def _model_inputs(
+        self, input_ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[Callable[..., torch.Tensor], dict[str, torch.Tensor], int]:
+        """(the generate function, its inputs, how many leading columns of its output are the prompt).
+
+        peft's own generate for p-tuning / prompt tuning drops position ids, so a left-padded row would
+        see its prompt at positions shifted by its padding and decode differently than alone. For those
+        we prepend the virtual tokens ourselves and call the base model with embeddings: transformers
+        then derives position ids from the attention mask, as it does for a plain model.
+        """
+        if not self.virtual_tokens:
+            return self.model.generate, {"input_ids": input_ids, "attention_mask": mask}, input_ids.shape[1]
+        embeds = self.model.word_embeddings(input_ids)
+        virtual = self.model.get_prompt(batch_size=input_ids.shape[0]).to(embeds.dtype)
+        ones = torch.ones(virtual.shape[:2], dtype=mask.dtype, device=mask.device)
+        inputs = {
+            "inputs_embeds": torch.cat((virtual, embeds), 1),
+            "attention_mask": torch.cat((ones, mask), 1),
+        }
+        return self.model.base_model.generate, inputs, 0  # with embeddings only, the output is new tokens
+
+    def _finish_row(self, generated: list[int]) -> str:
+        """Count a row's real tokens and turn them into the returned text."""
+        n = len(generated)
+        for i, token in enumerate(generated):
+            if token in self.eos:
+                n = i + 1
+                break
+        else:
+            # After a stopping criterion ended the row, transformers pads it with pad_token_id.
+            while n and generated[n - 1] == self.pad_id:
+                n -= 1
+        self.new_tokens += n
+        text = self.tokenizer.decode(generated[:n], skip_special_tokens=True)
+        if self.cfg.stop_on_repeated_line:
+            text = cut_at_repeated_line(text)
+        return text.rstrip()
+
+    def elapsed(self) -> float:
+        return self.seconds if self.seconds is not None else time.perf_counter() - self.started
+
+    def rate(self) -> dict[str, float]:
+        return {"tokens_per_s": self.new_tokens / max(self.elapsed(), 1e-9)}
+
+    def finish(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+        self.seconds = time.perf_counter() - self.started
+
+    def result(self, texts: list[str]) -> GenerationResult:
+        seconds = self.elapsed()
+        return GenerationResult(
+            texts=texts,
+            new_tokens=self.new_tokens,
+            seconds=seconds,
+            tokens_per_s=self.new_tokens / max(seconds, 1e-9),
+            peak_memory_bytes=self.peak,
+        )
+
+
+def _prepends_virtual_tokens(model: Any) -> bool:
+    """A peft model whose active adapter feeds virtual-token embeddings before the prompt."""
+    peft_config = getattr(model, "active_peft_config", None)
+    return peft_config is not None and peft_config.peft_type in (PeftType.P_TUNING, PeftType.PROMPT_TUNING)
+
+
+def _hf_generation_config(cfg: GenerationConfig, eos: list[int], pad_id: int) -> HFGenerationConfig:
+    """Every decoding setting explicit, so a checkpoint's generation_config.json (a repetition
+    penalty, a default temperature) cannot change what evaluation measures."""
+    sampling = (
+        {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0}
+        if cfg.sample
+        else {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 50}
+    )
+    return HFGenerationConfig(
+        max_new_tokens=cfg.max_new_tokens,
+        num_beams=1,
+        repetition_penalty=1.0,
+        eos_token_id=eos,
+        pad_token_id=pad_id,
+        use_cache=True,
+        **sampling,
+    )
