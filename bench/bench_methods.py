@@ -47,7 +47,12 @@ def prepare_data(home: Path, gguf: Path, data: Path, max_len: int):
     from catalog.migrate import upgrade
     from catalog.settings import Settings
     from catalog.store import ArtifactStore
-    from datasets_prep.convert import build_conversion, load_tokenized, register_conversion, resolve_convert_spec
+    from datasets_prep.convert import (
+        build_conversion,
+        load_tokenized,
+        register_conversion,
+        resolve_convert_spec,
+    )
     from datasets_prep.register import add_dataset
     from datasets_prep.templates import get_template, seed_builtin_templates
     from worker.base_models import import_gguf, load_tokenizer, model_dir
@@ -82,10 +87,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
+    import peft
     import torch
     import transformers
 
-    import peft
     from worker.methods import get_method
     from worker.train_config import TrainConfig
     from worker.trainer import TrainPaths, run_training
@@ -97,8 +102,10 @@ def main() -> None:
     results = []
     for variant in args.methods.split(","):
         method, flags = VARIANTS[variant]
-        cfg = TrainConfig(epochs=1, max_steps=args.max_steps, batch_size=args.batch_size, max_len=args.max_len,
-                          save_steps=10_000, logging_steps=10)  # fmt: skip
+        cfg = TrainConfig(
+            epochs=1, max_steps=args.max_steps, batch_size=args.batch_size, max_len=args.max_len,
+            save_steps=10_000, logging_steps=10,
+        )  # fmt: skip
         row = {"variant": variant, "method": method, "flags": flags}
         try:
             if cuda:
@@ -145,8 +152,12 @@ def main() -> None:
             "peft": peft.__version__,
             "cuda": torch.version.cuda,
         },
-        "settings": {"max_steps": args.max_steps, "batch_size": args.batch_size, "max_len": args.max_len,
-                     "dtype": "bf16 autocast" if cuda else "fp32"},  # fmt: skip
+        "settings": {
+            "max_steps": args.max_steps,
+            "batch_size": args.batch_size,
+            "max_len": args.max_len,
+            "dtype": "bf16 autocast" if cuda else "fp32",
+        },  # fmt: skip
         "gguf_import_seconds": round(import_s, 1),
         "data_stats": stats,
         "results": results,

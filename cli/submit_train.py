@@ -59,7 +59,7 @@ def _options(f: Any) -> Any:
         click.option("--dropout", type=float, help="lora, qlora: adapter dropout."),
         click.option("--target", help='lora, qlora: "all-linear" or module names, e.g. q_proj,v_proj.'),
         click.option("--dora/--no-dora", default=None, help="lora, qlora: weight-decomposed LoRA."),
-        click.option("--base-bits", type=click.Choice(["8"]), help="lora: load the base in int8 (bitsandbytes)."),
+        click.option("--base-bits", type=click.Choice(["8"]), help="lora: int8 base (bitsandbytes)."),
     ]  # fmt: skip
     for opt in reversed(opts):
         f = opt(f)

@@ -53,7 +53,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: far less memory, ~30% slower (--gradient-checkpointing)."""
     optimizer: str | None = None
-    """adamw, adamw_8bit or paged_adamw_8bit (--optimizer; 8-bit ones need bitsandbytes); None: the method's."""
+    """adamw, adamw_8bit or paged_adamw_8bit (--optimizer; 8-bit: bitsandbytes); None: the method's."""
     eval_split: str | None = None
     """Dataset split whose loss is measured every --eval-steps and at the end (--eval-split); None: none."""
     eval_steps: int | None = None
