@@ -127,7 +127,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
         ("peak memory", human_bytes(d["peak_memory_bytes"])),
         ("training time", human_seconds(d["train_seconds"])),
         ("tokens seen", f"{d['tokens_seen']:,}" if d["tokens_seen"] is not None else "-"),
-        ("final loss", d["final_loss"]),
+        ("final loss", f"{d['final_loss']:.4f}" if d["final_loss"] is not None else "-"),
         ("artifact", f"{d['path']} ({human_bytes(d['size_bytes'])}, sha256 {d['sha256'][:16]}...)"),
     ]
     for key, value in lines:

@@ -103,7 +103,7 @@ def _submit(app: AppContext, kind: str, spec: dict) -> int:
     "max_steps",
     type=click.IntRange(min=1),
     default=None,
-    help="Optimizer steps  [default: 3 epochs of the sample]",
+    help="Optimizer steps  [default: 2 epochs of the sample]",
 )
 @pass_app
 def quickstart(app: AppContext, max_steps: int | None) -> None:
@@ -134,7 +134,7 @@ def quickstart(app: AppContext, max_steps: int | None) -> None:
         from cli.submit_train import _default_name
 
         name = _default_name(app, DATASET_NAME, "lora")
-        train_flags = {"epochs": 3, "batch_size": 4, "max_len": 384, "lr": 1e-3, "save_steps": 10,
+        train_flags = {"epochs": 2, "batch_size": 4, "max_len": 384, "lr": 1e-3, "save_steps": 10,
                        "logging_steps": 2, "warmup_ratio": 0.1}  # fmt: skip
         if max_steps:
             train_flags["max_steps"] = max_steps
