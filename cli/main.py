@@ -72,9 +72,11 @@ def _register_subcommands() -> None:
         ("cli.models", "models"),
         ("cli.submit", "submit"),
         ("cli.submit_train", None),  # adds `ft submit train`
+        ("cli.submit_eval", None),  # adds `ft submit eval`
         ("cli.jobs", "jobs"),
         ("cli.worker", "worker"),
         ("cli.adapters", "adapters"),
+        ("cli.compare", None),  # adds `ft adapters compare` and `ft adapters evals`
         ("cli.quickstart", "quickstart"),
     ):
         try:

@@ -47,6 +47,7 @@ Finish = Callable[[Session], dict[str, Any]]
 BUILTIN_MODULES: dict[str, str] = {
     "convert": "worker.convert_job",
     "train": "worker.train_job",
+    "eval": "worker.eval_job",
 }
 """Job kind -> the module whose import registers its handler in `HANDLERS`."""
 
