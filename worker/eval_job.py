@@ -81,49 +81,84 @@ class Evaluator:
         return self._prompts[template.id]
 
     def run(self, model: Any, target: EvalTarget) -> Outcome:
+        """Generate with `model` as it is (one adapter active, or none) and score."""
+        return self.run_many(model, [(target, None)])[0]
+
+    def run_many(self, model: Any, targets: list[tuple[EvalTarget, str | None]]) -> list[Outcome]:
+        """Several targets in shared batches: each row carries its peft adapter name ("__base__" for
+        the untuned base), so N LoRA adapters cost about one generation pass instead of N. Targets
+        with different templates are generated separately. A target's seconds are its share of the
+        shared pass."""
+        outcomes: dict[int, Outcome] = {}
+        by_template: dict[int, list[int]] = {}
+        for k, (target, _) in enumerate(targets):
+            by_template.setdefault(target.template_id, []).append(k)
+        for template_id, ks in by_template.items():
+            for k, outcome in zip(
+                ks, self._run_shared(model, [targets[k] for k in ks], template_id), strict=True
+            ):
+                outcomes[k] = outcome
+        return [outcomes[k] for k in range(len(targets))]
+
+    def _run_shared(
+        self, model: Any, targets: list[tuple[EvalTarget, str | None]], template_id: int
+    ) -> list[Outcome]:
         from worker.generation import GenerationCancelled, GenerationConfig, generate
 
         self.ctx.raise_if_cancelled()
-        template = self.templates[target.template_id]
+        template = self.templates[template_id]
         prompts, truncated = self.prompts(template)
-        s = self.spec
+        n, s = len(prompts), self.spec
         cfg = GenerationConfig(
             max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, sample=s.sample,
             temperature=s.temperature, top_p=s.top_p, seed=s.seed,
             stop_on_repeated_line=self.metric.stop_on_repeated_line,
         )  # fmt: skip
-        position = f"{self.done + 1}/{len(s.targets)}"
+        labels = ", ".join(t.label for t, _ in targets)
+        position = f"{self.done + 1}-{self.done + len(targets)}/{len(s.targets)}"
+        if len(targets) == 1:
+            position = f"{self.done + 1}/{len(s.targets)}"
 
         def on_progress(p: dict[str, Any]) -> None:
             self.ctx.report({
-                "stage": "eval", "adapter": target.label, "models": position, "done": p["done"],
+                "stage": "eval", "adapter": labels, "models": position, "done": p["done"],
                 "total": p["total"], "rows_done": p["done"], "rows_total": p["total"],
                 "tokens_per_s": round(p["tokens_per_s"], 1),
             })  # fmt: skip
 
-        self.ctx.log.info("evaluating %s (%s) with template %s", target.label, position, target.template_ref)
+        self.ctx.log.info("evaluating %s (%s) with template %s", labels, position, template.ref)
+        names = [name for _, name in targets]
+        mixed = None if names == [None] else [name for name in names for _ in range(n)]
         try:
             result = generate(
-                model, self.tokenizer, prompts, cfg, on_progress=on_progress, should_stop=self.ctx.cancelled,
-                add_special_tokens=template.kind != "chat",
+                model, self.tokenizer, prompts * len(targets), cfg, on_progress=on_progress,
+                should_stop=self.ctx.cancelled, add_special_tokens=template.kind != "chat",
+                adapter_names=mixed,
             )  # fmt: skip
         except GenerationCancelled:
-            raise JobCancelled(f"job {self.ctx.job.id} cancelled while evaluating {target.label}") from None
+            raise JobCancelled(f"job {self.ctx.job.id} cancelled while evaluating {labels}") from None
         gold = [r.output for r in self.rows]
-        scored = self.metric.score(result.texts, gold)
-        artifact = self._save(target, result.texts, scored.per_sample, truncated)
-        self.done += 1
         peak = result.peak_memory_bytes if result.peak_memory_bytes is not None else peak_rss_bytes()
-        headline = scored.summary.get(self.metric.headline)
-        self.ctx.log.info(
-            "%s: %s=%s on %d rows, %.1fs, %.1f tok/s",
-            target.label, self.metric.headline, headline, len(prompts), result.seconds, result.tokens_per_s,
-        )  # fmt: skip
-        return Outcome(
-            target=target, summary=scored.summary, predictions=result.texts, seconds=result.seconds,
-            tokens_per_s=result.tokens_per_s, new_tokens=result.new_tokens, peak_memory_bytes=peak,
-            artifact=artifact, truncated=sum(truncated),
-        )  # fmt: skip
+        share = result.seconds / len(targets)
+        outcomes = []
+        for k, (target, _) in enumerate(targets):
+            texts = result.texts[k * n : (k + 1) * n]
+            scored = self.metric.score(texts, gold)
+            artifact = self._save(target, texts, scored.per_sample, truncated)
+            self.done += 1
+            self.ctx.log.info(
+                "%s: %s=%s on %d rows, %.1fs (%s), %.1f tok/s",
+                target.label, self.metric.headline, scored.summary.get(self.metric.headline), n, share,
+                "shared batches" if len(targets) > 1 else "alone", result.tokens_per_s,
+            )  # fmt: skip
+            outcomes.append(
+                Outcome(
+                    target=target, summary=scored.summary, predictions=texts, seconds=share,
+                    tokens_per_s=result.tokens_per_s, new_tokens=result.new_tokens // len(targets),
+                    peak_memory_bytes=peak, artifact=artifact, truncated=sum(truncated),
+                )
+            )  # fmt: skip
+        return outcomes
 
     def _save(
         self, target: EvalTarget, texts: list[str], scores: list[dict[str, float]], truncated: list[bool]
@@ -175,6 +210,11 @@ def artifact_kind(method: str) -> str:
     from worker.methods import get_method
 
     return get_method(method).artifact
+
+
+def uses_dora(artifact: Path) -> bool:
+    """DoRA adapters cannot share mixed-adapter batches in peft."""
+    return bool(json.loads((artifact / "adapter_config.json").read_text()).get("use_dora"))
 
 
 def peft_type(artifact: Path) -> str:
@@ -250,12 +290,22 @@ def evaluate_all(
             peft = PeftModel.from_pretrained(model, paths[members[0]], adapter_name=names[members[0]])
             for i in members[1:]:
                 peft.load_adapter(paths[i], adapter_name=names[i])
-            for i in members:
+            mixable = [i for i in members if group == lora_group and not uses_dora(paths[i])]
+            if group == lora_group and len(mixable) + len(base_ix) >= 2:
+                # LoRA adapters (and the base, as "__base__") share batches: about one pass for all.
+                shared = mixable + base_ix
+                together = evaluator.run_many(
+                    peft, [(spec.targets[i], names.get(i, "__base__")) for i in shared]
+                )
+                outcomes.update(zip(shared, together, strict=True))
+                loads["shared_batches"] = [spec.targets[i].label for i in shared]
+            for i in (i for i in members if i not in outcomes):
                 peft.set_adapter(names[i])
                 outcomes[i] = evaluator.run(peft, spec.targets[i])
             if group == lora_group:
+                pending = [i for i in base_ix if i not in outcomes]
                 with peft.disable_adapter():
-                    for i in base_ix:
+                    for i in pending:
                         outcomes[i] = evaluator.run(peft, spec.targets[i])
                 model = peft.unload()
             else:

@@ -95,8 +95,12 @@ def generate(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     add_special_tokens: bool = True,
+    adapter_names: Sequence[str] | None = None,
 ) -> GenerationResult:
     """Complete every prompt, `cfg.batch_size` at a time; see the module docstring.
+
+    `adapter_names` (one per prompt) runs a peft LoRA model with a different adapter per row in the
+    same batch ("__base__" for the untuned base): several adapters cost about one pass.
 
     `on_progress` gets {"done", "total", "tokens_per_s"} after each batch. `should_stop` is asked
     between batches and about once a second during one; when it returns True this raises
@@ -109,7 +113,8 @@ def generate(
         texts: list[str] = [""] * len(ids)
         for start in range(0, len(order), cfg.batch_size):
             batch = order[start : start + cfg.batch_size]
-            for i, text in zip(batch, session.run([ids[i] for i in batch], should_stop), strict=True):
+            names = [adapter_names[i] for i in batch] if adapter_names is not None else None
+            for i, text in zip(batch, session.run([ids[i] for i in batch], should_stop, names), strict=True):
                 texts[i] = text
             if on_progress is not None:
                 on_progress({"done": start + len(batch), "total": len(ids), **session.rate()})
@@ -212,13 +217,17 @@ class _Session:
         self.seconds: float | None = None
         self.peak: int | None = None
 
-    def run(self, batch_ids: list[list[int]], should_stop: StopFn | None) -> list[str]:
+    def run(
+        self, batch_ids: list[list[int]], should_stop: StopFn | None, adapter_names: list[str] | None = None
+    ) -> list[str]:
         """Generate for one batch of token-id lists; returns the cleaned texts in the batch's order."""
         if should_stop is not None and should_stop():
             raise GenerationCancelled("generation was cancelled")
         enc = self.tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
         input_ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
         generate_fn, inputs, prompt_len = self._model_inputs(input_ids, mask)
+        if adapter_names is not None:
+            inputs["adapter_names"] = adapter_names
         criteria = StoppingCriteriaList()
         if self.cfg.stop_on_repeated_line:
             criteria.append(RepeatedLineCriteria(self.tokenizer, self.eos))

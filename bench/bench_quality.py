@@ -1,0 +1,244 @@
+"""Quality and evaluation speed of every method on the two reference tasks, through ft's own jobs.
+
+Everything runs through the product's code paths in one process: the GGUF import, dataset
+registration, `train` jobs and `eval` jobs executed by `worker.runner.run_job` (the function a
+Celery worker calls), and the comparison table of `ft adapters compare`. Results are written to
+`$OUT`/`--out` after every job, so a run cut short still reports what it finished.
+
+    python bench/bench_quality.py --gguf /tmp/smollm2.gguf --data-dir ../shared/data \
+        --home /tmp/ftq --task faults --variants lora,full,freeze
+    python bench/bench_quality.py ... --task adgen --variants lora,qlora
+    python bench/bench_quality.py ... --task speed          # batched vs one-at-a-time, 4 vs 1 adapters
+
+A second call with the same --home reuses what the first one registered and trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+COMMON = {"epochs": 3, "batch_size": 16, "max_len": 1024, "save_steps": 100_000, "logging_steps": 20}
+RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    # variant: (method, method flags, training flags over COMMON)
+    "freeze": ("freeze", {"layers": 8}, {"lr": 1e-4}),
+    "ptuning": ("ptuning", {"virtual_tokens": 32}, {"lr": 1e-2}),
+    "ptuning-v2": ("ptuning-v2", {"virtual_tokens": 64}, {"lr": 5e-3}),
+    "lora": ("lora", {"rank": 32, "alpha": 64.0}, {"lr": 5e-4}),
+    "lora-dora": ("lora", {"rank": 32, "alpha": 64.0, "dora": True}, {"lr": 5e-4}),
+    "lora-r8": ("lora", {"rank": 8, "alpha": 16.0}, {"lr": 1e-3}),
+    "lora-int8": ("lora", {"rank": 32, "alpha": 64.0, "base_bits": 8}, {"lr": 5e-4}),
+    "qlora": ("qlora", {"rank": 32, "alpha": 64.0}, {"lr": 5e-4}),
+    "full": ("full", {}, {"lr": 5e-5}),
+}
+TASKS = {
+    "faults": {"dataset": "faults", "metric": "triple-f1", "template": "chat", "max_new_tokens": 256},
+    "adgen": {"dataset": "adgen", "metric": "bleu-rouge-zh", "template": "chat", "max_new_tokens": 256},
+}
+
+
+class Bench:
+    def __init__(self, home: Path, out: Path):
+        os.environ["FT_HOME"] = str(home)
+        os.environ.setdefault("FT_USER", "bench")
+        from catalog.db import Catalog
+        from catalog.migrate import upgrade
+        from catalog.settings import Settings
+        from catalog.store import ArtifactStore
+        from datasets_prep.templates import seed_builtin_templates
+
+        self.settings = Settings.from_env()
+        self.settings.ensure_dirs()
+        self.catalog, self.store = Catalog(self.settings), ArtifactStore(self.settings.artifacts)
+        upgrade(self.catalog.engine)
+        seed_builtin_templates(self.catalog, "bench")
+        self.out = out
+        self.record: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"jobs": []}
+
+    def save(self) -> None:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps(self.record, indent=2, ensure_ascii=False, default=str))
+
+    def setup(self, gguf: Path, data: Path) -> None:
+        from sqlalchemy import select
+
+        from catalog.models import BaseModel
+        from datasets_prep.register import add_dataset
+        from worker.base_models import import_gguf
+
+        with self.catalog.session() as s:
+            have = s.scalars(select(BaseModel.id).where(BaseModel.name == "smollm2")).first() is not None
+        if not have:
+            import_gguf(self.catalog, self.store, "smollm2", gguf, "bench")
+        add_dataset(self.catalog, self.store, "faults", data / "fault_triples_train.jsonl", "triples",
+                    test_path=data / "fault_triples_test.jsonl", user="bench")  # fmt: skip
+        add_dataset(self.catalog, self.store, "adgen", data / "adgen_dev.jsonl", "adgen",
+                    splits={"test": 100}, seed=0, user="bench")  # fmt: skip
+
+    def run(self, kind: str, spec: dict[str, Any], label: str) -> dict[str, Any]:
+        from catalog.jobs import create_job, get_job
+        from worker.runner import run_job
+
+        with self.catalog.session() as s:
+            job_id = create_job(s, kind, spec, "bench", queue="gpu", logs_dir=str(self.settings.logs)).id
+        t0 = time.perf_counter()
+        status = run_job(self.catalog, job_id, "bench", store=self.store)
+        seconds = time.perf_counter() - t0
+        with self.catalog.session() as s:
+            job = get_job(s, job_id)
+            entry = {"label": label, "kind": kind, "job": job_id, "status": status,
+                     "seconds": round(seconds, 2), "error": job.error, "result": job.result}  # fmt: skip
+        self.record["jobs"].append(entry)
+        self.save()
+        print(json.dumps(entry, default=str)[:600], flush=True)
+        return entry
+
+    def train(self, task: str, variant: str) -> str:
+        from catalog.adapters import get_adapter
+        from catalog.errors import NotFound
+        from worker.train_spec import resolve_train_spec
+
+        name = f"{task}-{variant}"
+        with self.catalog.session() as s:
+            try:
+                get_adapter(s, name)
+                return name
+            except NotFound:
+                pass
+            method, flags, train = RECIPES[variant]
+            spec = resolve_train_spec(
+                s, name=name, method=method, model="smollm2", dataset=TASKS[task]["dataset"],
+                template=TASKS[task]["template"], method_flags=flags, train_flags={**COMMON, **train},
+                max_source_len=768,
+            )  # fmt: skip
+        self.run("train", spec.to_json(), f"train {name}")
+        return name
+
+    def evaluate(self, task: str, adapters: list[str], base: bool, label: str, **kw: Any) -> dict[str, Any]:
+        from worker.eval_spec import resolve_eval_specs
+
+        t = TASKS[task]
+        with self.catalog.session() as s:
+            (spec,) = resolve_eval_specs(
+                s, self.store, adapters=adapters, bases=["smollm2"] if base else [],
+                dataset=f"{t['dataset']}:test", metric=t["metric"], template=t["template"] if base else None,
+                max_new_tokens=t["max_new_tokens"], **kw,
+            )  # fmt: skip
+        return self.run("eval", spec.to_json(), label)
+
+    def compare(self, task: str) -> str:
+        """The table of every adapter of `task` trained in this home so far, with the base."""
+        from catalog.adapters import list_adapters
+        from cli.compare import render_markdown
+        from worker.eval_spec import comparison
+
+        t = TASKS[task]
+        with self.catalog.session() as s:
+            order = {f"{task}-{v}": i for i, v in enumerate(RECIPES)}
+            adapters = sorted((a.name for a in list_adapters(s) if a.name in order), key=order.__getitem__)
+            data = comparison(
+                s, self.store, adapters, dataset=f"{t['dataset']}:test", metric=t["metric"], base=True
+            )
+        self.record.setdefault("compare", {})[task] = data
+        self.record.setdefault("markdown", {})[task] = render_markdown(data)
+        self.save()
+        return self.record["markdown"][task]
+
+
+def speed(bench: Bench, task: str) -> None:
+    """Batched generation vs one prompt at a time (the write-up's script), and one eval job of 4
+    adapters vs one of 1, on the same trained adapters, in this process."""
+    import torch
+
+    from datasets_prep.canonical import load_split
+    from datasets_prep.register import get_dataset
+    from datasets_prep.templates import get_template, render_prompt
+    from worker.adapter_io import load_for_inference
+    from worker.base_models import get_base_model, load_tokenizer, model_dir
+    from worker.generation import GenerationConfig, generate, generate_one_at_a_time
+
+    t = TASKS[task]
+    lora = bench.train(task, "lora")
+    with bench.catalog.session() as s:
+        base = get_base_model(s, "smollm2")
+        rows = list(load_split(bench.store, get_dataset(s, t["dataset"]), "test"))
+        tpl = get_template(s, t["template"])
+        from catalog.adapters import get_adapter
+
+        artifact = bench.store.path(get_adapter(s, lora).artifact_uri)
+    tok = load_tokenizer(bench.store, base)
+    prompts = [render_prompt(tpl.kind, tpl.body, r, tok) for r in rows]
+    model = load_for_inference(
+        model_dir(bench.store, base), artifact, "lora", device="cuda", dtype=torch.bfloat16
+    )
+    cfg = GenerationConfig(max_new_tokens=t["max_new_tokens"], batch_size=64, stop_on_repeated_line=True)
+    generate(model, tok, prompts[:4], cfg, add_special_tokens=False)  # warm-up
+    torch.cuda.synchronize()
+    one = generate_one_at_a_time(model, tok, prompts, cfg, add_special_tokens=False)
+    torch.cuda.synchronize()
+    batched = generate(model, tok, prompts, cfg, add_special_tokens=False)
+    torch.cuda.synchronize()
+    same = sum(a == b for a, b in zip(one.texts, batched.texts, strict=True)) / len(prompts)
+    bench.record["generation_speed"] = {
+        "prompts": len(prompts), "one_at_a_time_s": round(one.seconds, 2),
+        "batched_s": round(batched.seconds, 2), "speedup": round(one.seconds / batched.seconds, 2),
+        "batch_size": cfg.batch_size, "identical_fraction": same, "new_tokens_one": one.new_tokens,
+        "new_tokens_batched": batched.new_tokens,
+    }  # fmt: skip
+    bench.save()
+    print(bench.record["generation_speed"], flush=True)
+    del model
+    four = [bench.train(task, v) for v in ("lora", "lora-r8", "qlora", "lora-int8")]
+    single = bench.evaluate(task, four[:1], False, "speed: eval 1 adapter")
+    multi = bench.evaluate(task, four, False, "speed: eval 4 adapters")
+    bench.record["multi_adapter_speed"] = {
+        "one_adapter_s": single["seconds"], "four_adapters_s": multi["seconds"],
+        "ratio": round(multi["seconds"] / single["seconds"], 2),
+    }  # fmt: skip
+    bench.save()
+    print(bench.record["multi_adapter_speed"], flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gguf", type=Path, required=True)
+    ap.add_argument("--data-dir", type=Path, required=True)
+    ap.add_argument("--home", type=Path, default=Path("/tmp/ftq"))
+    ap.add_argument("--task", choices=[*TASKS, "speed"], required=True)
+    ap.add_argument("--variants", default="lora")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    import peft
+    import torch
+    import transformers
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    out = args.out or Path(os.environ.get("OUT", ROOT / "bench" / "results")) / f"quality-{args.task}.json"
+    bench = Bench(args.home, out)
+    bench.record.update(
+        command=" ".join(sys.argv), device=device,
+        versions={"python": platform.python_version(), "torch": torch.__version__,
+                  "transformers": transformers.__version__, "peft": peft.__version__},
+        recipes={v: RECIPES[v] for v in RECIPES}, common=COMMON, tasks=TASKS,
+    )  # fmt: skip
+    bench.setup(args.gguf, args.data_dir)
+    if args.task == "speed":
+        speed(bench, "faults")
+        return
+    names = [bench.train(args.task, v) for v in args.variants.split(",")]
+    bench.evaluate(args.task, names, True, f"eval {args.task}: base + {len(names)} adapters")
+    print(bench.compare(args.task), flush=True)
+
+
+if __name__ == "__main__":
+    main()
