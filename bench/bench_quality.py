@@ -27,17 +27,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-COMMON = {"epochs": 3, "batch_size": 16, "max_len": 1024, "save_steps": 100_000, "logging_steps": 20}
+COMMON = {"epochs": 4, "batch_size": 32, "max_len": 1024, "save_steps": 100_000, "logging_steps": 20}
 RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # variant: (method, method flags, training flags over COMMON)
-    "freeze": ("freeze", {"layers": 8}, {"lr": 1e-4}),
+    "freeze": ("freeze", {"layers": 8}, {"lr": 2e-4}),
     "ptuning": ("ptuning", {"virtual_tokens": 32}, {"lr": 1e-2}),
     "ptuning-v2": ("ptuning-v2", {"virtual_tokens": 64}, {"lr": 5e-3}),
-    "lora": ("lora", {"rank": 32, "alpha": 64.0}, {"lr": 5e-4}),
-    "lora-dora": ("lora", {"rank": 32, "alpha": 64.0, "dora": True}, {"lr": 5e-4}),
-    "lora-r8": ("lora", {"rank": 8, "alpha": 16.0}, {"lr": 1e-3}),
-    "lora-int8": ("lora", {"rank": 32, "alpha": 64.0, "base_bits": 8}, {"lr": 5e-4}),
-    "qlora": ("qlora", {"rank": 32, "alpha": 64.0}, {"lr": 5e-4}),
+    "lora": ("lora", {"rank": 32, "alpha": 64.0}, {"lr": 1e-3}),
+    "lora-dora": ("lora", {"rank": 32, "alpha": 64.0, "dora": True}, {"lr": 1e-3}),
+    "lora-r8": ("lora", {"rank": 8, "alpha": 16.0}, {"lr": 2e-3}),
+    "lora-int8": ("lora", {"rank": 32, "alpha": 64.0, "base_bits": 8}, {"lr": 1e-3}),
+    "qlora": ("qlora", {"rank": 32, "alpha": 64.0}, {"lr": 1e-3}),
     "full": ("full", {}, {"lr": 5e-5}),
 }
 TASKS = {
@@ -131,7 +131,7 @@ class Bench:
             (spec,) = resolve_eval_specs(
                 s, self.store, adapters=adapters, bases=["smollm2"] if base else [],
                 dataset=f"{t['dataset']}:test", metric=t["metric"], template=t["template"] if base else None,
-                max_new_tokens=t["max_new_tokens"], **kw,
+                max_new_tokens=t["max_new_tokens"], limit=t.get("limit"), **kw,
             )  # fmt: skip
         return self.run("eval", spec.to_json(), label)
 
@@ -216,7 +216,12 @@ def main() -> None:
     ap.add_argument("--task", choices=[*TASKS, "speed"], required=True)
     ap.add_argument("--variants", default="lora")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--smoke", action="store_true", help="2 steps, 2 rows, 8 tokens: check the script runs")
     args = ap.parse_args()
+    if args.smoke:
+        COMMON.update(max_steps=2, batch_size=2, max_len=1024)
+        for t in TASKS.values():
+            t.update(max_new_tokens=8, limit=2)
 
     import peft
     import torch
@@ -236,7 +241,7 @@ def main() -> None:
         speed(bench, "faults")
         return
     names = [bench.train(args.task, v) for v in args.variants.split(",")]
-    bench.evaluate(args.task, names, True, f"eval {args.task}: base + {len(names)} adapters")
+    bench.evaluate(args.task, names, True, f"eval {args.task}: base + {len(names)} adapters", batch_size=64)
     print(bench.compare(args.task), flush=True)
 
 
