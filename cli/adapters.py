@@ -44,12 +44,13 @@ def adapter_dict(a: Adapter) -> dict[str, Any]:
 
 @click.group()
 def adapters() -> None:
-    """The registry of trained adapters.
+    """The registry of trained adapters: list, show, compare, evals, export, rm.
 
     \b
     Example:
         ft adapters list --method lora
         ft adapters show faults-lora
+        ft adapters compare faults-lora faults-full --dataset faults --base
         ft adapters export faults-lora ./out --merge
     """
 

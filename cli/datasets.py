@@ -27,7 +27,13 @@ ROW_WIDTH = 96
 
 @click.group()
 def datasets() -> None:
-    """Register raw files as versioned datasets: validated, converted to canonical rows, split."""
+    """Register raw files as versioned datasets: validated, converted to canonical rows, split.
+
+    \b
+    Example:
+        ft datasets add faults train.jsonl --format triples --test test.jsonl
+        ft datasets list --json
+    """
 
 
 @datasets.command("add")

@@ -79,12 +79,7 @@ def _register_subcommands() -> None:
         ("cli.compare", None),  # adds `ft adapters compare` and `ft adapters evals`
         ("cli.quickstart", "quickstart"),
     ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name == module:  # not written yet
-                continue
-            raise
+        mod = importlib.import_module(module)
         if name is not None:
             cli.add_command(getattr(mod, name))
 

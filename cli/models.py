@@ -14,7 +14,13 @@ from cli.output import human_count, print_json, print_table, when
 
 @click.group()
 def models() -> None:
-    """Base models: a transformers directory, an imported GGUF file, or a hub id."""
+    """Base models: a transformers directory, an imported GGUF file, or a hub id.
+
+    \b
+    Example:
+        ft models add smol --gguf SmolLM2-135M-Instruct.Q4_1.gguf
+        ft models list --json
+    """
 
 
 @models.command("add")

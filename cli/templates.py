@@ -23,7 +23,13 @@ EXAMPLE_ROW = Row(
 
 @click.group()
 def templates() -> None:
-    """Prompt templates: how a row's instruction and input become the prompt."""
+    """Prompt templates: how a row's instruction and input become the prompt.
+
+    \b
+    Example:
+        ft templates list
+        ft templates add short --body "{instruction}\\n{input}\\n"
+    """
 
 
 @templates.command("add")
