@@ -32,9 +32,14 @@ def test_quickstart_runs_the_whole_flow(tmp_path):
     jobs = json.loads(
         subprocess.run([*ft, "jobs", "list", "--json"], env=env, capture_output=True, text=True).stdout
     )
-    assert sorted(j["kind"] for j in jobs) == ["convert", "train"] and {j["status"] for j in jobs} == {
-        "succeeded"
-    }
+    assert sorted(j["kind"] for j in jobs) == ["convert", "eval", "train"]
+    assert {j["status"] for j in jobs} == {"succeeded"}
+    assert "f1" in done.stdout and "(untuned)" in done.stdout
+    shown = subprocess.run(
+        [*ft, "adapters", "evals", "faults-sample-lora", "--json"], env=env, capture_output=True, text=True
+    )
+    evals = json.loads(shown.stdout)
+    assert len(evals) == 1 and evals[0]["sample_count"] == 8
     # the worker it started was stopped
     pid = int(re.search(r"worker started \(pid (\d+)", done.stderr).group(1))
     with pytest.raises(ProcessLookupError):
