@@ -109,7 +109,7 @@ def test_show_prints_counts_sources_rows_and_report(ftc):
     ftc("datasets", "add", "adgen", str(ADGEN_DEV), "--format", "adgen", "--split", "test=0.1", "--seed", "3")
     out = ftc("datasets", "show", "adgen:1", "--rows", "2").output
     assert "adgen:1 (adgen)" in out and "1070 rows (train 963, test 107)" in out
-    assert "seed 3, test=0.1" in out and f"source:       {ADGEN_DEV}" in out
+    assert "seed 3, test=0.1" in out and f"source:       {ADGEN_DEV.resolve()}" in out
     assert "train (first 2 of 963):" in out and "test (first 2 of 107):" in out
     assert "input: 类型#" in out
     assert f"{ADGEN_DEV}:890: duplicate-row" in out
