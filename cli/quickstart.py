@@ -132,9 +132,9 @@ def quickstart(app: AppContext, max_steps: int | None) -> None:
     log = app.settings.logs / "quickstart-worker.log"
     with running_worker(app, log) as proc:
         _say(4, f"worker started (pid {proc.pid}, log {log})")
-        from cli.submit_train import _default_name
+        from cli.submit_train import default_adapter_name
 
-        name = _default_name(app, DATASET_NAME, "lora")
+        name = default_adapter_name(app, DATASET_NAME, "lora")
         train_flags = {"epochs": 2, "batch_size": 4, "max_len": 384, "lr": 1e-3, "save_steps": 10,
                        "logging_steps": 2, "warmup_ratio": 0.1}  # fmt: skip
         if max_steps:

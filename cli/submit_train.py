@@ -120,7 +120,7 @@ def split_keys(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], 
     return job, train, meth
 
 
-def _default_name(app: AppContext, dataset: str, method: str) -> str:
+def default_adapter_name(app: AppContext, dataset: str, method: str) -> str:
     from catalog.adapters import check_adapter_name_free
     from catalog.errors import Conflict
 
@@ -166,7 +166,7 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
     for required in ("model", "dataset"):
         if not job.get(required):
             raise InvalidInput(f"missing --{required}")
-    name = job.get("name") or _default_name(app, str(job["dataset"]), str(job["method"]))
+    name = job.get("name") or default_adapter_name(app, str(job["dataset"]), str(job["method"]))
     with app.catalog.session() as s:
         spec = resolve_train_spec(
             s, name=name, method=job["method"], model=job["model"], dataset=job["dataset"],
