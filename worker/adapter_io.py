@@ -178,11 +178,11 @@ def load_for_inference(
         model = PeftModel.from_pretrained(load_base(base_model_dir, device, **load_kwargs), artifact)
     else:
         model = load_base(base_model_dir, device, **load_kwargs)
-        _apply_freeze(model, artifact)
+        apply_freeze(model, artifact)
     return model.eval()
 
 
-def _apply_freeze(model: nn.Module, artifact: Path) -> None:
+def apply_freeze(model: nn.Module, artifact: Path) -> None:
     manifest_path = artifact / FREEZE_MANIFEST
     if not manifest_path.is_file():
         raise InvalidInput(f"{artifact} holds no freeze artifact ({FREEZE_MANIFEST} is missing)")

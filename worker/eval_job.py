@@ -229,7 +229,7 @@ def freeze_applied(model: Any, artifact: Path) -> Iterator[Any]:
     """The base with a freeze artifact's trained tensors swapped in; the originals are put back after."""
     import torch
 
-    from worker.adapter_io import FREEZE_MANIFEST, _apply_freeze
+    from worker.adapter_io import FREEZE_MANIFEST, apply_freeze
 
     manifest = artifact / FREEZE_MANIFEST
     if not manifest.is_file():
@@ -238,7 +238,7 @@ def freeze_applied(model: Any, artifact: Path) -> Iterator[Any]:
     names = [n for n in json.loads(manifest.read_text())["parameters"] if n in params]
     originals = {n: params[n].detach().clone() for n in names}
     try:
-        _apply_freeze(model, artifact)  # validates names and shapes, then copies
+        apply_freeze(model, artifact)  # validates names and shapes, then copies
         yield model
     finally:
         with torch.no_grad():
