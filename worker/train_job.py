@@ -15,30 +15,10 @@ from sqlalchemy.orm import Session
 
 from catalog import __version__
 from catalog.adapters import register_adapter
-from catalog.models import Adapter, BaseModel, Conversion, Dataset, PromptTemplate
-from datasets_prep.convert import ConvertSpec, build_conversion, find_conversion, register_conversion
+from catalog.models import Adapter, BaseModel
+from worker.convert_job import ensure_conversion
 from worker.handlers import HANDLERS, Finish, JobCancelled, JobContext
 from worker.train_spec import TrainSpec
-
-
-def ensure_conversion(ctx: JobContext, spec: ConvertSpec, tokenizer: Any) -> Conversion:
-    """The cached conversion of `spec`, built and registered now if there is none."""
-    with ctx.catalog.session() as s:
-        found = find_conversion(s, spec.cache_key)
-        if found is not None:
-            ctx.log.info("using cached conversion %d (%s)", found.id, found.artifact_uri)
-            return found
-        dataset = s.get_one(Dataset, spec.dataset_id)
-        template = s.get_one(PromptTemplate, spec.template_id)
-    ctx.log.info("tokenising %s with template %s", spec.dataset_ref, spec.template_ref)
-
-    def report(progress: dict[str, Any]) -> None:
-        ctx.report({"stage": "convert", **progress})
-        ctx.raise_if_cancelled()
-
-    built = build_conversion(ctx.store, spec, dataset, template, tokenizer, report=report)
-    with ctx.catalog.session() as s:
-        return register_conversion(s, spec, built, job_id=ctx.job.id, user=ctx.job.submitted_by)
 
 
 @HANDLERS.register("train")
