@@ -56,10 +56,15 @@ RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         ("ptuning-v2", {"virtual_tokens": 64, "prefix_projection": True}, {"lr": 2e-3, "epochs": 8}),
     "ptuning-vt64-e8": ("ptuning", {"virtual_tokens": 64}, {"lr": 3e-3, "epochs": 8}),
     "ptuning-vt128-e8": ("ptuning", {"virtual_tokens": 128}, {"lr": 1e-2, "epochs": 8}),
+    "full-lr2e-4": ("full", {}, {"lr": 2e-4}),
+    "lora-lr2e-3": ("lora", {"rank": 32, "alpha": 64.0}, {"lr": 2e-3}),
+    "lora-r64-lr1e-3": ("lora", {"rank": 64, "alpha": 128.0}, {"lr": 1e-3}),
+    "ptuning-e20": ("ptuning", {"virtual_tokens": 64}, {"lr": 1e-2, "epochs": 20}),
+    "ptuning-lstm-e12": ("ptuning", {"virtual_tokens": 64, "encoder": "lstm"}, {"lr": 1e-2, "epochs": 12}),
 }  # fmt: skip
 TASKS = {
     "faults": {"dataset": "faults", "metric": "triple-f1", "template": "chat", "max_new_tokens": 512},
-    "adgen": {"dataset": "adgen", "metric": "bleu-rouge-zh", "template": "chat", "max_new_tokens": 256},
+    "adgen": {"dataset": "adgen", "metric": "bleu-rouge-zh", "template": "chat", "max_new_tokens": 384},
 }
 
 
@@ -183,9 +188,16 @@ class Bench:
         return self.record["markdown"][task]
 
 
-def speed(bench: Bench, task: str) -> None:
-    """Batched generation vs one prompt at a time (the write-up's script), and one eval job of 4
-    adapters vs one of 1, on the same trained adapters, in this process."""
+def speed(bench: Bench, task: str, parts: str, four: list[str]) -> None:
+    """Batched generation vs one prompt at a time (the write-up's script; part "batching"), and one eval
+    job of 4 LoRA adapters vs one of 1 on the same trained adapters (part "adapters"), in this process."""
+    if "batching" in parts:
+        speed_batching(bench, task)
+    if "adapters" in parts:
+        speed_adapters(bench, task, four)
+
+
+def speed_batching(bench: Bench, task: str) -> None:
     import torch
 
     from datasets_prep.canonical import load_split
@@ -225,16 +237,51 @@ def speed(bench: Bench, task: str) -> None:
     }  # fmt: skip
     bench.save()
     print(bench.record["generation_speed"], flush=True)
-    del model
-    four = [bench.train(task, v) for v in ("lora", "lora-r8", "qlora", "lora-int8")]
+
+
+def speed_adapters(bench: Bench, task: str, variants: list[str]) -> None:
+    """Two eval jobs on the same adapters, timed whole (load, generate, score, register): the first
+    adapter alone, then all four; a warm-up job first so that neither pays for CUDA's start."""
+    four = [bench.train(task, v) for v in variants]
+    bench.evaluate(task, four[:1], False, "speed: warm-up", limit=4)
     single = bench.evaluate(task, four[:1], False, "speed: eval 1 adapter")
     multi = bench.evaluate(task, four, False, "speed: eval 4 adapters")
     bench.record["multi_adapter_speed"] = {
-        "one_adapter_s": single["seconds"], "four_adapters_s": multi["seconds"],
+        "adapters": four, "one_adapter_s": single["seconds"], "four_adapters_s": multi["seconds"],
         "ratio": round(multi["seconds"] / single["seconds"], 2),
+        "shared_batches": multi["result"].get("shared_batches"),
+        "generation_s": {"one": _gen_seconds(single), "four": _gen_seconds(multi)},
     }  # fmt: skip
     bench.save()
     print(bench.record["multi_adapter_speed"], flush=True)
+
+
+def _gen_seconds(entry: dict[str, Any]) -> float | None:
+    """Seconds spent generating in an eval job (its evaluations' shares summed)."""
+    from catalog.models import Evaluation
+
+    ids = (entry.get("result") or {}).get("evaluation_ids") or []
+    if not ids:
+        return None
+    from catalog.db import Catalog
+    from catalog.settings import Settings
+
+    with Catalog(Settings.from_env()).session() as s:
+        return round(sum(s.get_one(Evaluation, i).seconds for i in ids), 2)
+
+
+def dump_predictions(bench: Bench, task: str, dest: Path) -> None:
+    """Every evaluation's predictions of `task` in one tarball (adapter name as the file name)."""
+    import tarfile
+
+    from catalog.models import Adapter, Evaluation
+
+    with bench.catalog.session() as s, tarfile.open(dest, "w:gz") as tar:
+        for ev in s.query(Evaluation):
+            name = s.get_one(Adapter, ev.adapter_id).name if ev.adapter_id else "base"
+            if name.startswith(f"{task}-") or (name == "base" and ev.metric == TASKS[task]["metric"]):
+                path = bench.store.path(ev.predictions_uri) / "predictions.jsonl"
+                tar.add(path, arcname=f"{name}-{ev.id}.jsonl")
 
 
 def main() -> None:
@@ -247,10 +294,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--smoke", action="store_true", help="2 steps, 2 rows, 8 tokens: check the script runs")
     ap.add_argument("--no-base", action="store_true", help="do not evaluate the untuned base")
+    ap.add_argument("--micro-batch", type=int, default=0, help="micro-batch (accumulating to 32)")
+    ap.add_argument("--speed-parts", default="batching,adapters", help="with --task speed")
+    ap.add_argument("--predictions", type=Path, help="write every evaluation's predictions here (.tar.gz)")
     ap.add_argument(
         "--train-budget", type=float, default=0, help="start no new training after N s (0: no limit)"
     )
     args = ap.parse_args()
+    if args.micro_batch:
+        COMMON.update(batch_size=args.micro_batch, grad_accum=max(1, 32 // args.micro_batch))
     variants = args.variants.split(",")
     if unknown := [v for v in variants if v not in RECIPES]:
         ap.error(f"unknown variants {unknown}; known: {', '.join(RECIPES)}")
@@ -274,7 +326,7 @@ def main() -> None:
     )  # fmt: skip
     bench.setup(args.gguf, args.data_dir)
     if args.task == "speed":
-        speed(bench, "faults")
+        speed(bench, "faults", args.speed_parts, variants)
         return
     bench.convert(args.task)
     began, names = time.monotonic(), []
@@ -287,6 +339,8 @@ def main() -> None:
         args.task, names, not args.no_base, f"eval {args.task}: {len(names)} adapters", batch_size=64
     )  # fmt: skip
     print(bench.compare(args.task), flush=True)
+    if args.predictions:
+        dump_predictions(bench, args.task, args.predictions)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ def _options(f):  # noqa: ANN001, ANN202
         click.option("--limit", type=int, help="Only the first N rows of the split."),
         click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Tokens per answer."),
         click.option("--batch-size", type=int, default=16, show_default=True,
-                     help="Rows generated together."),
+                     help="Prompts per batch for each model; LoRA adapters (and --base) evaluated together "
+                          "share batches of this many prompts times their number."),
         click.option("--max-source-len", type=int, default=2048, show_default=True,
                      help="Longer prompts keep their first N tokens."),
         click.option("--sample", is_flag=True, help="Sample instead of greedy decoding."),

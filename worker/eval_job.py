@@ -5,9 +5,12 @@ All models of one job share one base model, which is loaded ONCE:
    `freeze` adapter: its trained tensors are swapped in, and the originals swapped back after;
 2. peft adapters, one PeftModel per peft type (peft cannot mix types in one model): the first
    adapter with `PeftModel.from_pretrained(base, path, adapter_name=...)`, the rest with
-   `load_adapter`, each evaluated after `set_adapter`; the untuned base with
-   `disable_adapter()` in a LoRA-type group. The group is then unwrapped (`unload()` for LoRA,
-   which restores the original layers) before the next;
+   `load_adapter`. In the LoRA group, every adapter that stacks (worker/multi_lora.py: plain LoRA
+   on Linear layers) and the untuned base are evaluated in ONE pass of shared batches, a batch
+   holding the same prompts for each of them, at about the cost of one adapter; one LoRA adapter
+   alone takes the same path. The others (DoRA, modules_to_save, ...; the log says why) and the
+   other peft types are evaluated one at a time after `set_adapter`. The group is then unwrapped
+   (`unload()` for LoRA, which restores the original layers) before the next;
 3. `full` adapters are complete models: each is loaded on its own after the base is freed.
 
 Each model gets its predictions artifact (`predictions.jsonl`: input, gold, prediction, per-sample
@@ -85,10 +88,11 @@ class Evaluator:
         return self.run_many(model, [(target, None)])[0]
 
     def run_many(self, model: Any, targets: list[tuple[EvalTarget, str | None]]) -> list[Outcome]:
-        """Several targets in shared batches: each row carries its peft adapter name ("__base__" for
-        the untuned base), so N LoRA adapters cost about one generation pass instead of N. Targets
-        with different templates are generated separately. A target's seconds are its share of the
-        shared pass."""
+        """Several targets of a stacked LoRA model (worker/multi_lora.py) in shared batches: each row
+        carries its adapter's name ("__base__" for the untuned base), and a batch holds --batch-size
+        prompts for each target, so N LoRA adapters cost about one generation pass instead of N.
+        Targets with different templates are generated separately. A target's seconds are its share
+        of the shared pass."""
         outcomes: dict[int, Outcome] = {}
         by_template: dict[int, list[int]] = {}
         for k, (target, _) in enumerate(targets):
@@ -212,11 +216,6 @@ def artifact_kind(method: str) -> str:
     return get_method(method).artifact
 
 
-def uses_dora(artifact: Path) -> bool:
-    """DoRA adapters cannot share mixed-adapter batches in peft."""
-    return bool(json.loads((artifact / "adapter_config.json").read_text()).get("use_dora"))
-
-
 def peft_type(artifact: Path) -> str:
     config = artifact / "adapter_config.json"
     if not config.is_file():
@@ -290,25 +289,13 @@ def evaluate_all(
             peft = PeftModel.from_pretrained(model, paths[members[0]], adapter_name=names[members[0]])
             for i in members[1:]:
                 peft.load_adapter(paths[i], adapter_name=names[i])
-            mixable = [i for i in members if group == lora_group and not uses_dora(paths[i])]
-            if group == lora_group and len(mixable) + len(base_ix) >= 2:
-                # LoRA adapters (and the base, as "__base__") share batches: about one pass for all.
-                shared = mixable + base_ix
-                together = evaluator.run_many(
-                    peft, [(spec.targets[i], names.get(i, "__base__")) for i in shared]
-                )
-                outcomes.update(zip(shared, together, strict=True))
-                loads["shared_batches"] = [spec.targets[i].label for i in shared]
-            for i in (i for i in members if i not in outcomes):
-                peft.set_adapter(names[i])
-                outcomes[i] = evaluator.run(peft, spec.targets[i])
             if group == lora_group:
-                pending = [i for i in base_ix if i not in outcomes]
-                with peft.disable_adapter():
-                    for i in pending:
-                        outcomes[i] = evaluator.run(peft, spec.targets[i])
+                outcomes.update(evaluate_lora_group(ctx, spec, evaluator, peft, names, base_ix, loads))
                 model = peft.unload()
             else:
+                for i in members:
+                    peft.set_adapter(names[i])
+                    outcomes[i] = evaluator.run(peft, spec.targets[i])
                 model = peft.get_base_model()
             del peft
         del model
@@ -320,6 +307,51 @@ def evaluate_all(
         del model
         _free_memory(device)
     return [outcomes[i] for i, _ in targets], loads
+
+
+def evaluate_lora_group(
+    ctx: JobContext,
+    spec: EvalSpec,
+    evaluator: Evaluator,
+    peft: Any,
+    names: dict[int, str],
+    base_ix: list[int],
+    loads: dict[str, Any],
+) -> dict[int, Outcome]:
+    """The outcomes of a LoRA PeftModel's adapters (`names`: target index -> peft adapter name) and of
+    the untuned base targets `base_ix`.
+
+    The adapters that stack, and the base, share one pass (worker/multi_lora.py): one adapter alone
+    too, so that one adapter and several run on the same engine. The rest are evaluated one at a time
+    through peft, and the base through `disable_adapter()` when no adapter stacks."""
+    from worker.multi_lora import BASE, stacked_lora, unstackable_reason
+
+    outcomes: dict[int, Outcome] = {}
+    stackable = []
+    for i, name in names.items():
+        reason = unstackable_reason(peft, name)
+        if reason is None:
+            stackable.append(i)
+        else:
+            ctx.log.info("%s is evaluated on its own, not stacked with other LoRA adapters: %s",
+                         spec.targets[i].label, reason)  # fmt: skip
+    if stackable:
+        shared = stackable + base_ix
+        labels = [spec.targets[i].label for i in shared]
+        ctx.log.info("stacked LoRA: %s in shared batches", ", ".join(labels))
+        with stacked_lora(peft, [names[i] for i in stackable]) as model:
+            together = evaluator.run_many(model, [(spec.targets[i], names.get(i, BASE)) for i in shared])
+        outcomes.update(zip(shared, together, strict=True))
+        if len(shared) > 1:
+            loads["shared_batches"] = labels
+    for i in (i for i in names if i not in outcomes):
+        peft.set_adapter(names[i])
+        outcomes[i] = evaluator.run(peft, spec.targets[i])
+    pending = [i for i in base_ix if i not in outcomes]
+    with peft.disable_adapter():
+        for i in pending:
+            outcomes[i] = evaluator.run(peft, spec.targets[i])
+    return outcomes
 
 
 def _dtype(name: str, device: Any, compute_dtype: Any) -> Any:

@@ -70,7 +70,8 @@ class EvalSpec:
     max_new_tokens: int = 256
     """Most tokens generated per row (--max-new-tokens)."""
     batch_size: int = 16
-    """Rows generated together (--batch-size); lower it on out-of-memory errors."""
+    """Prompts per batch for each model (--batch-size): K models evaluated together (stacked LoRA
+    adapters and the base) generate batch_size x K rows per batch. Lower it on out-of-memory errors."""
     max_source_len: int = 2048
     """Prompts longer than this many tokens keep their start (--max-source-len), as training does."""
     sample: bool = False

@@ -7,7 +7,9 @@ Prompts are sorted by token length (longest first, so an out-of-memory batch fai
 after an hour) and generated `batch_size` at a time with left padding; the texts are put back in the
 original order. Rows stop on EOS (the tokenizer's and the model's generation config's) and, with
 `stop_on_repeated_line`, on the first line they repeat (see worker/stopping.py). Works for a plain
-causal LM and for a peft model, prompt-learning methods (prefix tuning, p-tuning) included.
+causal LM and for a peft model, prompt-learning methods (prefix tuning, p-tuning) included, and with
+per-row `adapter_names` for a stacked LoRA model (worker/multi_lora.py): K adapters complete the same
+prompts in shared batches of `batch_size` x K rows.
 
 `generate_one_at_a_time` is the baseline the write-up's script amounted to (one `model.generate` per
 prompt, no padding); bench/bench_generation.py compares the two.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ from transformers import GenerationConfig as HFGenerationConfig
 from transformers import StoppingCriteriaList
 
 from catalog.errors import InvalidInput
+from worker.multi_lora import adapter_rows
 from worker.stopping import CancelCriteria, RepeatedLineCriteria, cut_at_repeated_line
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -44,7 +47,8 @@ class GenerationConfig:
     max_new_tokens: int = 256
     """Most tokens generated per prompt (`--max-new-tokens`)."""
     batch_size: int = 16
-    """Prompts generated together (`--batch-size`); lower it on out-of-memory errors."""
+    """Prompts per batch for each model (`--batch-size`): a pass that serves K models together (per-row
+    `adapter_names`) generates `batch_size` x K rows per batch. Lower it on out-of-memory errors."""
     sample: bool = False
     """Sample instead of greedy decoding (`--sample`)."""
     temperature: float = 1.0
@@ -99,23 +103,27 @@ def generate(
 ) -> GenerationResult:
     """Complete every prompt, `cfg.batch_size` at a time; see the module docstring.
 
-    `adapter_names` (one per prompt) runs a peft LoRA model with a different adapter per row in the
-    same batch ("__base__" for the untuned base): several adapters cost about one pass.
+    `adapter_names` (one per prompt) runs a stacked LoRA model (`worker.multi_lora.stacked_lora`) with
+    a different adapter per row ("__base__" for the untuned base): K adapters in batches of
+    `cfg.batch_size` x K rows cost about one adapter's pass. Rows with the same prompt text share a batch
+    (a prompt takes about as many tokens under each adapter, so no batch waits on stragglers).
 
     `on_progress` gets {"done", "total", "tokens_per_s"} after each batch. `should_stop` is asked
     between batches and about once a second during one; when it returns True this raises
     GenerationCancelled. Pass `add_special_tokens=False` for prompts rendered by a chat template,
     which already hold their special tokens (as training tokenises them).
     """
+    names = list(adapter_names) if adapter_names is not None else None
+    rows = adapter_rows(model) if names is not None else None
     with _generation_session(model, tokenizer, cfg) as session:
         ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"] if prompts else []
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # stable: ties keep prompt order
+        order, per_batch = _batch_order(ids, prompts, names, cfg.batch_size)
         texts: list[str] = [""] * len(ids)
-        for start in range(0, len(order), cfg.batch_size):
-            batch = order[start : start + cfg.batch_size]
-            names = [adapter_names[i] for i in batch] if adapter_names is not None else None
-            for i, text in zip(batch, session.run([ids[i] for i in batch], should_stop, names), strict=True):
-                texts[i] = text
+        for start in range(0, len(order), per_batch):
+            batch = order[start : start + per_batch]
+            with rows.select([names[i] for i in batch]) if rows is not None and names else nullcontext():
+                for i, text in zip(batch, session.run([ids[i] for i in batch], should_stop), strict=True):
+                    texts[i] = text
             if on_progress is not None:
                 on_progress({"done": start + len(batch), "total": len(ids), **session.rate()})
     return session.result(texts)
@@ -143,6 +151,22 @@ def generate_one_at_a_time(
 
 
 # ---------------------------------------------------------------- internals
+
+
+def _batch_order(
+    ids: list[list[int]], prompts: Sequence[str], adapter_names: list[str] | None, batch_size: int
+) -> tuple[list[int], int]:
+    """The order rows are generated in (longest prompt first; stable, so ties keep prompt order) and the
+    rows per batch: `batch_size`, times K when the rows name K adapters. Then the rows of one prompt
+    text are kept next to each other, so a batch holds the same prompts for every adapter."""
+    if adapter_names is None:
+        return sorted(range(len(ids)), key=lambda i: -len(ids[i])), batch_size
+    if len(adapter_names) != len(prompts):
+        raise ValueError(f"{len(adapter_names)} adapter names for {len(prompts)} prompts")
+    first: dict[str, int] = {}
+    group = [first.setdefault(prompt, i) for i, prompt in enumerate(prompts)]
+    order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), group[i]))
+    return order, batch_size * max(1, len(set(adapter_names)))
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -217,17 +241,13 @@ class _Session:
         self.seconds: float | None = None
         self.peak: int | None = None
 
-    def run(
-        self, batch_ids: list[list[int]], should_stop: StopFn | None, adapter_names: list[str] | None = None
-    ) -> list[str]:
+    def run(self, batch_ids: list[list[int]], should_stop: StopFn | None) -> list[str]:
         """Generate for one batch of token-id lists; returns the cleaned texts in the batch's order."""
         if should_stop is not None and should_stop():
             raise GenerationCancelled("generation was cancelled")
         enc = self.tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
         input_ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
         generate_fn, inputs, prompt_len = self._model_inputs(input_ids, mask)
-        if adapter_names is not None:
-            inputs["adapter_names"] = adapter_names
         criteria = StoppingCriteriaList()
         if self.cfg.stop_on_repeated_line:
             criteria.append(RepeatedLineCriteria(self.tokenizer, self.eos))
@@ -238,7 +258,7 @@ class _Session:
             out = generate_fn(**inputs, generation_config=self.hf_config, stopping_criteria=criteria)
         except torch.cuda.OutOfMemoryError as exc:
             raise InvalidInput(
-                f"out of memory generating {len(batch_ids)} prompts of up to {input_ids.shape[1]} tokens "
+                f"out of memory generating {len(batch_ids)} rows of up to {input_ids.shape[1]} tokens "
                 f"(+{self.cfg.max_new_tokens} new): lower --batch-size or --max-new-tokens"
             ) from exc
         if cancel is not None and cancel.cancelled:
