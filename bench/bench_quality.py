@@ -165,7 +165,7 @@ class Bench:
             (spec,) = resolve_eval_specs(
                 s, self.store, adapters=adapters, bases=["smollm2"] if base else [],
                 dataset=f"{t['dataset']}:test", metric=t["metric"], template=t["template"] if base else None,
-                max_new_tokens=t["max_new_tokens"], limit=t.get("limit"), **kw,
+                **{"max_new_tokens": t["max_new_tokens"], "limit": t.get("limit"), **kw},
             )  # fmt: skip
         return self.run("eval", spec.to_json(), label)
 
@@ -307,7 +307,7 @@ def main() -> None:
     if unknown := [v for v in variants if v not in RECIPES]:
         ap.error(f"unknown variants {unknown}; known: {', '.join(RECIPES)}")
     if args.smoke:
-        COMMON.update(max_steps=2, batch_size=2, max_len=1024)
+        COMMON.update(max_steps=2, batch_size=2, grad_accum=1)
         for t in TASKS.values():
             t.update(max_new_tokens=8, limit=2)
 
