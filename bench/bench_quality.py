@@ -61,6 +61,8 @@ RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "lora-r64-lr1e-3": ("lora", {"rank": 64, "alpha": 128.0}, {"lr": 1e-3}),
     "ptuning-e20": ("ptuning", {"virtual_tokens": 64}, {"lr": 1e-2, "epochs": 20}),
     "ptuning-lstm-e12": ("ptuning", {"virtual_tokens": 64, "encoder": "lstm"}, {"lr": 1e-2, "epochs": 12}),
+    "ptuning-lr3e-2": ("ptuning", {"virtual_tokens": 64}, {"lr": 3e-2, "epochs": 8}),
+    "ptuning-h1024": ("ptuning", {"virtual_tokens": 64, "encoder_hidden": 1024}, {"lr": 1e-2, "epochs": 8}),
 }  # fmt: skip
 TASKS = {
     "faults": {"dataset": "faults", "metric": "triple-f1", "template": "chat", "max_new_tokens": 512},
@@ -157,14 +159,17 @@ class Bench:
             )  # fmt: skip
         self.run("convert", spec.to_json(), f"convert {task}")
 
-    def evaluate(self, task: str, adapters: list[str], base: bool, label: str, **kw: Any) -> dict[str, Any]:
+    def evaluate(
+        self, task: str, adapters: list[str], base: bool, label: str, split: str = "test", **kw: Any
+    ) -> dict[str, Any]:
         from worker.eval_spec import resolve_eval_specs
 
         t = TASKS[task]
         with self.catalog.session() as s:
             (spec,) = resolve_eval_specs(
                 s, self.store, adapters=adapters, bases=["smollm2"] if base else [],
-                dataset=f"{t['dataset']}:test", metric=t["metric"], template=t["template"] if base else None,
+                dataset=f"{t['dataset']}:{split}", metric=t["metric"],
+                template=t["template"] if base else None,
                 **{"max_new_tokens": t["max_new_tokens"], "limit": t.get("limit"), **kw},
             )  # fmt: skip
         return self.run("eval", spec.to_json(), label)
@@ -296,6 +301,7 @@ def main() -> None:
     ap.add_argument("--no-base", action="store_true", help="do not evaluate the untuned base")
     ap.add_argument("--micro-batch", type=int, default=0, help="micro-batch (accumulating to 32)")
     ap.add_argument("--speed-parts", default="batching,adapters", help="with --task speed")
+    ap.add_argument("--train-rows", type=int, default=0, help="also evaluate on N training rows")
     ap.add_argument("--predictions", type=Path, help="write every evaluation's predictions here (.tar.gz)")
     ap.add_argument(
         "--train-budget", type=float, default=0, help="start no new training after N s (0: no limit)"
@@ -339,6 +345,8 @@ def main() -> None:
         args.task, names, not args.no_base, f"eval {args.task}: {len(names)} adapters", batch_size=64
     )  # fmt: skip
     print(bench.compare(args.task), flush=True)
+    if args.train_rows:  # memorised or not: tells under-fitting from a train/eval mismatch
+        bench.evaluate(args.task, names, False, "eval on training rows", split="train", limit=args.train_rows)
     if args.predictions:
         dump_predictions(bench, args.task, args.predictions)
 
