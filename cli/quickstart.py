@@ -135,8 +135,8 @@ def quickstart(app: AppContext, max_steps: int | None) -> None:
         from cli.submit_train import default_adapter_name
 
         name = default_adapter_name(app, DATASET_NAME, "lora")
-        train_flags = {"epochs": 2, "batch_size": 4, "max_len": 384, "lr": 1e-3, "save_steps": 10,
-                       "logging_steps": 2, "warmup_ratio": 0.1}  # fmt: skip
+        train_flags = {"epochs": 2, "batch_size": 4, "grad_accum": 1, "max_len": 384, "lr": 1e-3,
+                       "save_steps": 10, "logging_steps": 2, "warmup_ratio": 0.1}  # fmt: skip
         if max_steps:
             train_flags["max_steps"] = max_steps
         with app.catalog.session() as s:

@@ -1,9 +1,14 @@
 """The hyper-parameters every training method shares (`TrainConfig`), validated on construction.
 
 A job spec stores `dataclasses.asdict(cfg)`; `TrainConfig.from_dict` rebuilds it (unknown keys are
-refused). `lr` and `optimizer` may be left None: the method supplies its defaults
-(`cfg.with_method_defaults(get_method(name))`), e.g. 2e-4 for lora, 2e-5 for full, paged 8-bit AdamW
-for qlora. Every error names the CLI flag that fixes it.
+refused). `lr`, `epochs` and `optimizer` may be left None: the method supplies its defaults
+(`cfg.with_method_defaults(get_method(name))`), e.g. lr 2e-3 and 4 epochs for lora, 1e-4 and 8 epochs for
+freeze, paged 8-bit AdamW for qlora. Every error names the CLI flag that fixes it.
+
+The defaults (an effective batch of 32 = 8 x 4 accumulation, 2048 tokens, and each method's lr, epochs
+and flags) are the settings that did best in the tuning sweep of issue #4: SmolLM2-135M-Instruct on the
+fault-triple data, one H100 (bench/results/quality-faults-*.json, README "Quality"). Larger models
+usually want a lower --lr (LoRA on 7B: about 2e-4).
 """
 
 from __future__ import annotations
@@ -22,17 +27,17 @@ OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
 class TrainConfig:
     """Hyper-parameters of one training run."""
 
-    epochs: int = 3
-    """Passes over the training split (--epochs)."""
+    epochs: int | None = None
+    """Passes over the training split (--epochs); None takes the method's default."""
     max_steps: int | None = None
     """Stop after this many optimizer steps even if epochs remain (--max-steps)."""
     lr: float | None = None
     """Peak learning rate (--lr); None takes the method's default."""
     batch_size: int = 8
     """Examples per micro-batch (--batch-size)."""
-    grad_accum: int = 1
+    grad_accum: int = 4
     """Micro-batches per optimizer step (--grad-accum); the effective batch is batch_size x grad_accum."""
-    max_len: int = 1024
+    max_len: int = 2048
     """Examples are cut to this many tokens (--max-len); rows with no answer left are skipped."""
     seed: int = 42
     """Seed of adapter initialisation, data order and dropout (--seed)."""
@@ -62,7 +67,8 @@ class TrainConfig:
     """Write TensorBoard scalars and a log line every N optimizer steps (--logging-steps)."""
 
     def __post_init__(self) -> None:
-        _whole(self.epochs, "--epochs", minimum=1)
+        if self.epochs is not None:
+            _whole(self.epochs, "--epochs", minimum=1)
         if self.max_steps is not None:
             _whole(self.max_steps, "--max-steps", minimum=1)
         if self.lr is not None and not (isinstance(self.lr, int | float) and 0 < self.lr < 1):
@@ -103,10 +109,12 @@ class TrainConfig:
         return int(self.warmup_ratio * total_steps)
 
     def with_method_defaults(self, method: Any) -> TrainConfig:
-        """A copy with `lr` and `optimizer` filled from the method (a worker.methods.Method) when unset."""
+        """A copy with `lr`, `epochs` and `optimizer` filled from the method (a worker.methods.Method)
+        when unset."""
         return dataclasses.replace(
             self,
             lr=self.lr if self.lr is not None else method.default_lr,
+            epochs=self.epochs if self.epochs is not None else method.default_epochs,
             optimizer=self.optimizer if self.optimizer is not None else method.optimizer,
         )
 

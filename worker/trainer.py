@@ -239,8 +239,10 @@ def train(
 ) -> TrainResult:
     """Train `model`'s trainable parameters on `train_data` (input_ids + labels rows) per `cfg`,
     resuming from the last complete checkpoint under `out.checkpoints` when `resume`."""
-    if cfg.lr is None or cfg.optimizer is None:
-        raise InvalidInput("--lr and --optimizer are unset: call cfg.with_method_defaults(get_method(name))")
+    if cfg.lr is None or cfg.optimizer is None or cfg.epochs is None:
+        raise InvalidInput(
+            "--lr, --epochs or --optimizer is unset: call cfg.with_method_defaults(get_method(name))"
+        )
     hooks = hooks or TrainHooks()
     device = model_device(model)
     rows = load_rows(train_data, cfg.max_len)

@@ -9,7 +9,15 @@ from worker.eval_spec import resolve_eval_specs
 from worker.runner import run_job
 from worker.train_spec import resolve_train_spec
 
-SHORT = {"max_steps": 3, "batch_size": 2, "max_len": 192, "save_steps": 3, "logging_steps": 1, "lr": 1e-2}
+SHORT = {
+    "max_steps": 3,
+    "batch_size": 2,
+    "grad_accum": 1,
+    "max_len": 192,
+    "save_steps": 3,
+    "logging_steps": 1,
+    "lr": 1e-2,
+}
 """A few steps at a high learning rate, so that each adapter visibly changes the tiny model's output."""
 EVAL = {"dataset": "faults", "limit": 4, "max_new_tokens": 8, "batch_size": 2}
 """The real 50-row test split, first 4 rows, 8 new tokens."""

@@ -96,7 +96,14 @@ def _lora_run(model_dir, rows, ckpt, stop_after=None, lora=None, **overrides):
     hooks = TrainHooks(
         on_progress=seen.append, should_stop=lambda: stop_after is not None and len(seen) >= stop_after
     )
-    args = {"epochs": 4, "batch_size": 2, "lr": 5e-3, "save_steps": 3, "save_total_limit": 2} | overrides
+    args = {
+        "epochs": 4,
+        "batch_size": 2,
+        "grad_accum": 1,
+        "lr": 5e-3,
+        "save_steps": 3,
+        "save_total_limit": 2,
+    } | overrides
     model, result, _ = run_cpu(
         model_dir, rows, "lora", lora or {"dropout": 0.1}, TrainConfig(**args), TrainPaths(ckpt), hooks
     )

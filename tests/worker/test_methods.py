@@ -88,11 +88,15 @@ def test_config_errors_name_the_flag(make, flag):
 
 
 def test_train_config_round_trips_and_takes_method_defaults():
-    cfg = TrainConfig(epochs=2, batch_size=4)
+    cfg = TrainConfig(epochs=2, batch_size=4, grad_accum=1)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     resolved = cfg.with_method_defaults(get_method("qlora"))
-    assert (resolved.lr, resolved.optimizer) == (2e-4, "paged_adamw_8bit")
+    assert (resolved.lr, resolved.optimizer, resolved.epochs) == (1e-3, "paged_adamw_8bit", 2)
     assert TrainConfig(lr=1e-3).with_method_defaults(get_method("full")).lr == 1e-3
+    # unset epochs come from the method: the tuned recipes train prompt learning and freeze longer
+    assert TrainConfig().with_method_defaults(get_method("freeze")).epochs == 8
+    assert TrainConfig().with_method_defaults(get_method("lora")).epochs == 4
+    assert TrainConfig().epochs is None and TrainConfig.from_dict(TrainConfig().to_dict()).epochs is None
 
 
 def test_quantised_methods_are_refused_where_bitsandbytes_cannot_run(
@@ -150,7 +154,7 @@ def test_find_blocks_is_generic(tiny_model_dir):
 
 
 FREEZE_CASES = [
-    (FreezeConfig(), ("model.layers.1.", "model.norm.")),  # the default: the last quarter, at least 1 block
+    (FreezeConfig(), ("model.layers.1.", "model.norm.")),  # the default: the last half, at least 1 block
     (FreezeConfig(layers=2, train_norm=False), ("model.layers.",)),
     (FreezeConfig(modules="*.mlp.*"), ("model.layers.0.mlp.", "model.layers.1.mlp.")),
     (
@@ -232,7 +236,7 @@ def _case_id(case) -> str:
 
 @pytest.mark.parametrize(("method", "flags"), CASES, ids=[_case_id(c) for c in CASES])
 def test_method_trains_saves_reloads_and_generates(tiny_model_dir, rows, tmp_path, method, flags):
-    cfg = TrainConfig(max_steps=3, batch_size=2, lr=1e-2, save_steps=100)
+    cfg = TrainConfig(max_steps=3, batch_size=2, grad_accum=1, lr=1e-2, save_steps=100)
     model, result, counts = run_cpu(tiny_model_dir, rows, method, flags, cfg, TrainPaths(tmp_path / "ckpt"))
     assert result.steps == 3 and not result.stopped and all(loss == loss for loss in result.losses)
     assert 0 < counts.trainable <= counts.total
@@ -299,7 +303,7 @@ def test_qlora_resumes_from_its_checkpoint_exactly(tiny_model_dir, rows, tmp_pat
     def run(root, stop_after=None):
         seen: list[dict] = []
         hooks = TrainHooks(on_progress=seen.append, should_stop=lambda: len(seen) == stop_after)
-        cfg = TrainConfig(max_steps=4, batch_size=2, lr=1e-2, save_steps=2)
+        cfg = TrainConfig(max_steps=4, batch_size=2, grad_accum=1, lr=1e-2, save_steps=2)
         return run_cpu(tiny_model_dir, rows, "qlora", {"dropout": 0.1}, cfg, TrainPaths(root), hooks)
 
     straight, straight_result, _ = run(tmp_path / "straight")
@@ -315,7 +319,7 @@ def test_qlora_resumes_from_its_checkpoint_exactly(tiny_model_dir, rows, tmp_pat
 
 @pytest.mark.parametrize("dora", [False, True])
 def test_lora_merges_into_a_plain_model(tiny_model_dir, rows, tmp_path, dora):
-    cfg = TrainConfig(max_steps=2, batch_size=4, lr=1e-2)
+    cfg = TrainConfig(max_steps=2, batch_size=4, grad_accum=1, lr=1e-2)
     model, _, _ = run_cpu(tiny_model_dir, rows, "lora", {"dora": dora}, cfg, TrainPaths(tmp_path / "c"))
     adapter = save_artifact(model, "lora", tmp_path / "adapter", card={"base_model": "tiny"})
     merged_dir = merge_to_dir(tiny_model_dir, adapter, tmp_path / "merged", dtype=torch.float32)

@@ -26,7 +26,14 @@ VARIANTS = {
     "qlora": ("qlora", {"rank": 4}),
     "full": ("full", {}),
 }
-SHORT = {"max_steps": 3, "batch_size": 2, "max_len": 192, "save_steps": 2, "logging_steps": 1}
+SHORT = {
+    "max_steps": 3,
+    "batch_size": 2,
+    "grad_accum": 1,
+    "max_len": 192,
+    "save_steps": 2,
+    "logging_steps": 1,
+}
 
 
 @pytest.fixture
@@ -121,8 +128,8 @@ def test_submit_train_wait_on_a_real_worker_then_adapters_cli(trainable, workers
     workers.start(env, "--queues", "cpu,gpu")
     done = run_ft(
         env, "submit", "train", "--method", "lora", "--rank", "4", "-m", "tiny", "-d", "faults",
-        "--name", "faults-lora", "--max-steps", "4", "--batch-size", "2", "--max-len", "192",
-        "--max-source-len", "128", "-o", "logging_steps=1", "--wait", timeout=180,
+        "--name", "faults-lora", "--max-steps", "4", "--batch-size", "2", "--grad-accum", "1",
+        "--max-len", "192", "--max-source-len", "128", "-o", "logging_steps=1", "--wait", timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr + workers.dump()
     assert "succeeded" in done.stdout and "adapter faults-lora" in done.stdout
@@ -153,7 +160,7 @@ def test_a_killed_training_worker_resumes_from_its_checkpoint(trainable, setting
     first = workers.start(env, "--queues", "cpu,gpu")
     job_id = submit_train(
         trainable, settings, "faults-resume", "lora", {"rank": 4},
-        max_steps=1200, batch_size=1, save_steps=25, epochs=100,
+        max_steps=1200, batch_size=1, grad_accum=1, save_steps=25, epochs=100,
     )  # fmt: skip
     from worker.celery_app import make_celery, send_job
 

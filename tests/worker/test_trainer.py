@@ -30,13 +30,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
         (
             "lora",
             {"rank": 16, "alpha": 32, "dropout": 0.0, "target": LORA_ALL_AND_HEAD},
-            TrainConfig(epochs=40, batch_size=4, lr=1e-2, scheduler="constant", warmup_ratio=0.0),
+            TrainConfig(
+                epochs=40, batch_size=4, grad_accum=1, lr=1e-2, scheduler="constant", warmup_ratio=0.0
+            ),
         ),
-        ("full", {}, TrainConfig(epochs=40, batch_size=4, lr=1e-2, warmup_ratio=0.0)),
+        ("full", {}, TrainConfig(epochs=40, batch_size=4, grad_accum=1, lr=1e-2, warmup_ratio=0.0)),
         pytest.param(  # 4-bit NF4 base, 8-bit AdamW (the paged one's CPU stand-in)
             "qlora",
             {"rank": 16, "alpha": 32, "dropout": 0.0, "target": LORA_ALL_AND_HEAD},
-            TrainConfig(epochs=40, batch_size=4, lr=1e-2, scheduler="constant", warmup_ratio=0.0),
+            TrainConfig(
+                epochs=40, batch_size=4, grad_accum=1, lr=1e-2, scheduler="constant", warmup_ratio=0.0
+            ),
             marks=needs_bnb_cpu,
         ),
     ],
@@ -70,7 +74,9 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, rows, tmp_p
 @pytest.mark.parametrize("method", ["lora", "freeze", pytest.param("qlora", marks=needs_bnb_cpu)])
 def test_gradient_checkpointing_changes_memory_not_results(tiny_model_dir, rows, tmp_path, method):
     def run(checkpointing: bool):
-        cfg = TrainConfig(max_steps=2, batch_size=4, lr=1e-2, gradient_checkpointing=checkpointing)
+        cfg = TrainConfig(
+            max_steps=2, batch_size=4, grad_accum=1, lr=1e-2, gradient_checkpointing=checkpointing
+        )
         flags = {"dropout": 0.0} if method in ("lora", "qlora") else {}
         model, result, _ = run_cpu(
             tiny_model_dir, rows, method, flags, cfg, TrainPaths(tmp_path / str(checkpointing))
@@ -84,7 +90,9 @@ def test_gradient_checkpointing_changes_memory_not_results(tiny_model_dir, rows,
 
 def test_progress_tensorboard_and_result(tiny_model_dir, rows, tmp_path):
     seen: list[dict] = []
-    cfg = TrainConfig(epochs=3, batch_size=2, lr=1e-3, warmup_steps=2, logging_steps=2, save_steps=100)
+    cfg = TrainConfig(
+        epochs=3, batch_size=2, grad_accum=1, lr=1e-3, warmup_steps=2, logging_steps=2, save_steps=100
+    )
     paths = TrainPaths(tmp_path / "ckpt", tmp_path / "tb")
     _, result, _ = run_cpu(tiny_model_dir, rows, "lora", {}, cfg, paths, TrainHooks(on_progress=seen.append))
     assert [p["step"] for p in seen] == list(range(1, 7)) and {p["total"] for p in seen} == {6}
@@ -114,7 +122,7 @@ def test_progress_tensorboard_and_result(tiny_model_dir, rows, tmp_path):
 def test_evaluation_loss_is_reported(tiny_model_dir, rows, tmp_path):
     eval_rows = tokenised_rows(tiny_model_dir, 3, skip=4)
     seen: list[dict] = []
-    cfg = TrainConfig(epochs=2, batch_size=2, lr=1e-2, eval_steps=2, save_steps=100)
+    cfg = TrainConfig(epochs=2, batch_size=2, grad_accum=1, lr=1e-2, eval_steps=2, save_steps=100)
     _, result, _ = run_cpu(
         tiny_model_dir,
         rows,
@@ -133,7 +141,7 @@ def test_evaluation_loss_is_reported(tiny_model_dir, rows, tmp_path):
 def test_should_stop_ends_between_steps_and_saves_nothing(tiny_model_dir, rows, tmp_path):
     seen: list[dict] = []
     hooks = TrainHooks(on_progress=seen.append, should_stop=lambda: len(seen) >= 2)
-    cfg = TrainConfig(epochs=5, batch_size=2, lr=1e-3, save_steps=4)
+    cfg = TrainConfig(epochs=5, batch_size=2, grad_accum=1, lr=1e-3, save_steps=4)
     _, result, _ = run_cpu(tiny_model_dir, rows, "lora", {}, cfg, TrainPaths(tmp_path / "c"), hooks)
     assert result.stopped and result.steps == 2 and len(result.losses) == 2 and result.total_steps == 10
     assert not (tmp_path / "c").exists()

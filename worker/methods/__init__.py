@@ -4,7 +4,8 @@ One module per method (freeze, ptuning, ptuning_v2, lora, qlora, full), each a t
 plus ONE function `prepare(model, cfg) -> model` that turns a loaded base model into the trainable one,
 registered with `@register_method(name, ...)` in the way peft's `register_peft_method` registers its
 tuners. The registry entry (`Method`) also says how the base must be loaded (`load_kwargs`), the
-default learning rate and optimizer, and which artifact format the result is saved as.
+default learning rate, epochs and optimizer, and which artifact format the result is saved as. The
+defaults are the best settings of the issue #4 sweep (see worker/train_config.py).
 
     spec = get_method("lora")
     cfg = spec.make_config({"rank": 16})          # InvalidInput naming the flag on a bad value
@@ -47,6 +48,8 @@ class Method:
     """How the trained result is saved: "peft" (adapter), "freeze" (trained tensors) or "full" (model)."""
     optimizer: str = "adamw"
     """Default optimizer (TrainConfig.optimizer overrides it)."""
+    default_epochs: int = 3
+    """Default passes over the data (TrainConfig.epochs overrides it)."""
 
     def make_config(self, flags: dict[str, Any] | None = None) -> Any:
         """Build the method's config from a flags dict (e.g. the job spec's JSON)."""
@@ -64,6 +67,7 @@ def register_method(
     default_lr: float,
     artifact: str,
     optimizer: str = "adamw",
+    default_epochs: int = 3,
 ) -> Callable[[Callable[[nn.Module, Any], nn.Module]], Callable[[nn.Module, Any], nn.Module]]:
     """Decorator registering `prepare` under `name`; refuses a name that is already taken."""
     if artifact not in ARTIFACT_KINDS:
@@ -74,7 +78,9 @@ def register_method(
     def decorator(prepare: Callable[[nn.Module, Any], nn.Module]) -> Callable[[nn.Module, Any], nn.Module]:
         if name in METHODS:
             raise ValueError(f"training method {name!r} is already registered")
-        METHODS[name] = Method(name, config, prepare, load_kwargs, default_lr, artifact, optimizer)
+        METHODS[name] = Method(
+            name, config, prepare, load_kwargs, default_lr, artifact, optimizer, default_epochs
+        )
         return prepare
 
     return decorator

@@ -19,7 +19,7 @@ from torch import nn
 from catalog.errors import InvalidInput
 from worker.methods import compute_dtype, register_method, upcast_trainable
 
-DEFAULT_SHARE = 0.25
+DEFAULT_SHARE = 0.5
 
 
 @dataclass
@@ -65,7 +65,7 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def default_layers(n_blocks: int) -> int:
-    """The default number of trained blocks: the last quarter, at least one."""
+    """The default number of trained blocks: the last half, at least one."""
     return max(1, round(n_blocks * DEFAULT_SHARE))
 
 
@@ -80,7 +80,14 @@ def load_kwargs(cfg: FreezeConfig, device: torch.device | str) -> dict[str, Any]
     return {"dtype": compute_dtype(device)}
 
 
-@register_method("freeze", config=FreezeConfig, load_kwargs=load_kwargs, default_lr=1e-4, artifact="freeze")
+@register_method(
+    "freeze",
+    config=FreezeConfig,
+    load_kwargs=load_kwargs,
+    default_lr=1e-4,
+    artifact="freeze",
+    default_epochs=8,
+)
 def prepare(model: nn.Module, cfg: FreezeConfig) -> nn.Module:
     """Freeze everything, then unfreeze the selected blocks, the final norm and matching parameters."""
     blocks_name, blocks = find_blocks(model)

@@ -38,7 +38,14 @@ def load_kwargs(cfg: FullConfig, device: torch.device | str) -> dict[str, Any]:
     return {"dtype": PRECISIONS[cfg.precision]}
 
 
-@register_method("full", config=FullConfig, load_kwargs=load_kwargs, default_lr=2e-5, artifact="full")
+@register_method(
+    "full",
+    config=FullConfig,
+    load_kwargs=load_kwargs,
+    default_lr=2e-4,
+    artifact="full",
+    default_epochs=4,
+)
 def prepare(model: nn.Module, cfg: FullConfig) -> nn.Module:
     """Every parameter trainable."""
     model.requires_grad_(True)

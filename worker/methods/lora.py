@@ -20,9 +20,9 @@ ALL_LINEAR = "all-linear"
 class LoraMethodConfig:
     """Flags of `--method lora`."""
 
-    rank: int = 8
+    rank: int = 32
     """Rank r of the low-rank update (--rank)."""
-    alpha: float = 16.0
+    alpha: float = 64.0
     """Scale numerator: the update is scaled by alpha / rank (--alpha)."""
     dropout: float = 0.05
     """Dropout on the adapter's input (--dropout)."""
@@ -100,7 +100,14 @@ def load_kwargs(cfg: LoraMethodConfig, device: torch.device | str) -> dict[str, 
     return {"dtype": compute_dtype(device), "quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
 
 
-@register_method("lora", config=LoraMethodConfig, load_kwargs=load_kwargs, default_lr=2e-4, artifact="peft")
+@register_method(
+    "lora",
+    config=LoraMethodConfig,
+    load_kwargs=load_kwargs,
+    default_lr=2e-3,
+    artifact="peft",
+    default_epochs=4,
+)
 def prepare(model: nn.Module, cfg: LoraMethodConfig) -> nn.Module:
     """Wrap the base in a peft LoRA (or DoRA) model; adapter weights are kept in fp32."""
     peft_cfg = peft_lora_config(cfg.rank, cfg.alpha, cfg.dropout, cfg.target, cfg.dora)

@@ -20,7 +20,7 @@ ENCODERS = {"mlp": "MLP", "lstm": "LSTM"}
 class PTuningConfig:
     """Flags of `--method ptuning`."""
 
-    virtual_tokens: int = 20
+    virtual_tokens: int = 64
     """Number of virtual prompt tokens prepended to every input (--virtual-tokens)."""
     encoder_hidden: int = 128
     """Hidden size of the prompt encoder (--encoder-hidden)."""
@@ -41,7 +41,14 @@ def load_kwargs(cfg: PTuningConfig, device: torch.device | str) -> dict[str, Any
     return {"dtype": compute_dtype(device)}
 
 
-@register_method("ptuning", config=PTuningConfig, load_kwargs=load_kwargs, default_lr=1e-2, artifact="peft")
+@register_method(
+    "ptuning",
+    config=PTuningConfig,
+    load_kwargs=load_kwargs,
+    default_lr=3e-2,
+    artifact="peft",
+    default_epochs=8,
+)
 def prepare(model: nn.Module, cfg: PTuningConfig) -> nn.Module:
     """Wrap the base in a peft model with a prompt encoder on the input embeddings."""
     from peft import PromptEncoderConfig, PromptEncoderReparameterizationType, TaskType, get_peft_model

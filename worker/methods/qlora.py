@@ -24,9 +24,9 @@ from worker.methods.lora import ALL_LINEAR, check_lora_flags, peft_lora_config, 
 class QLoraConfig:
     """Flags of `--method qlora`."""
 
-    rank: int = 16
+    rank: int = 32
     """Rank r of the low-rank update (--rank)."""
-    alpha: float = 32.0
+    alpha: float = 64.0
     """Scale numerator: the update is scaled by alpha / rank (--alpha)."""
     dropout: float = 0.05
     """Dropout on the adapter's input (--dropout)."""
@@ -70,7 +70,8 @@ def load_kwargs(cfg: QLoraConfig, device: torch.device | str) -> dict[str, Any]:
     "qlora",
     config=QLoraConfig,
     load_kwargs=load_kwargs,
-    default_lr=2e-4,
+    default_lr=1e-3,
+    default_epochs=4,
     artifact="peft",
     optimizer="paged_adamw_8bit",
 )
