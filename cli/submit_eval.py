@@ -28,7 +28,9 @@ def _options(f):  # noqa: ANN001, ANN202
                      help="Prompt template for every model  [default: each adapter's own; the base: the one "
                           "its adapters share, else plain]"),
         click.option("--limit", type=int, help="Only the first N rows of the split."),
-        click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Tokens per answer."),
+        click.option("--max-new-tokens", type=int, default=512, show_default=True,
+                     help="Most tokens per answer (a row stops earlier at EOS or, for triple-f1, a "
+                          "repeated line)."),
         click.option("--batch-size", type=int, default=16, show_default=True,
                      help="Prompts per batch for each model; LoRA adapters (and --base) evaluated together "
                           "share batches of this many prompts times their number."),

@@ -67,7 +67,7 @@ class EvalSpec:
     """The models, in the order given; the untuned base first when asked for (--base)."""
     limit: int | None = None
     """Evaluate only the first N rows of the split (--limit); None: all."""
-    max_new_tokens: int = 256
+    max_new_tokens: int = 512
     """Most tokens generated per row (--max-new-tokens)."""
     batch_size: int = 16
     """Prompts per batch for each model (--batch-size): K models evaluated together (stacked LoRA
@@ -224,7 +224,7 @@ def resolve_eval_specs(
     metric: str | None = None,
     template: str | None = None,
     limit: int | None = None,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = 512,
     batch_size: int = 16,
     max_source_len: int = 2048,
     sample: bool = False,

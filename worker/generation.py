@@ -42,9 +42,9 @@ class GenerationCancelled(Exception):
 
 @dataclass
 class GenerationConfig:
-    """How to decode. The defaults are the evaluation defaults: greedy, 256 new tokens, 16 per batch."""
+    """How to decode. The defaults are the evaluation defaults: greedy, 512 new tokens, 16 per batch."""
 
-    max_new_tokens: int = 256
+    max_new_tokens: int = 512
     """Most tokens generated per prompt (`--max-new-tokens`)."""
     batch_size: int = 16
     """Prompts per batch for each model (`--batch-size`): a pass that serves K models together (per-row
