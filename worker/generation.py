@@ -60,6 +60,11 @@ class GenerationConfig:
     (`--stop-on-repeated-line`); see worker/stopping.py."""
     seed: int = 0
     """Seed of the sampler (`--seed`); generation does not disturb the global RNG state."""
+    static_cache: bool = False
+    """A fixed-size KV cache (transformers' "static" cache). On CUDA, transformers then compiles the
+    decoding step (torch.compile with CUDA graphs), which removes the per-step launch overhead that
+    dominates small models, at a compile per batch shape. Same outputs as the dynamic cache in fp32;
+    not yet the default: bench/bench_decode_step.py measures it."""
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
@@ -347,5 +352,6 @@ def _hf_generation_config(cfg: GenerationConfig, eos: list[int], pad_id: int) ->
         eos_token_id=eos,
         pad_token_id=pad_id,
         use_cache=True,
+        **({"cache_implementation": "static"} if cfg.static_cache else {}),
         **sampling,
     )

@@ -229,6 +229,16 @@ def test_repeated_line_stop_end_to_end(looping, tok):
     assert generate_one_at_a_time(looping, tok, prompts, cfg).texts == result.texts
 
 
+def test_static_cache_gives_the_dynamic_cache_texts(chaotic, looping, tok):
+    """The static KV cache (what transformers compiles on CUDA) decodes padded batches exactly as the
+    dynamic one, EOS and the repeated-line stop included."""
+    for model, prompts, stop in ((chaotic, PROMPTS, False), (looping, ["repeat", "long", "stop"], True)):
+        cfg = GenerationConfig(max_new_tokens=24, batch_size=3, stop_on_repeated_line=stop)
+        dynamic = generate(model, tok, prompts, cfg)
+        static = generate(model, tok, prompts, GenerationConfig(**{**vars(cfg), "static_cache": True}))
+        assert static.texts == dynamic.texts and static.new_tokens == dynamic.new_tokens
+
+
 # ---------------------------------------------------------------- sampling, config, plumbing
 
 
