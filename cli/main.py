@@ -70,6 +70,7 @@ def _register_subcommands() -> None:
         ("cli.datasets", "datasets"),
         ("cli.templates", "templates"),
         ("cli.models", "models"),
+        ("cli.methods", "methods"),
         ("cli.submit", "submit"),
         ("cli.submit_train", None),  # adds `ft submit train`
         ("cli.submit_eval", None),  # adds `ft submit eval`
