@@ -107,6 +107,12 @@ def config_from_dict(cls: type, data: dict[str, Any], *, what: str) -> Any:
     return cls(**data)
 
 
+def in_compute_dtype(cfg: Any, device: torch.device | str) -> dict[str, Any]:
+    """`load_kwargs` of methods that keep the base frozen in the compute dtype (bf16 on a GPU, fp32 on a
+    CPU): freeze (which upcasts its trained blocks in `prepare`), ptuning and ptuning-v2."""
+    return {"dtype": compute_dtype(device)}
+
+
 def compute_dtype(device: torch.device | str) -> torch.dtype:
     """bf16 on a CUDA GPU that supports it, fp32 otherwise (CPU, or GPUs without bf16)."""
     device = torch.device(device)

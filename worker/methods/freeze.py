@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any
 
-import torch
 from torch import nn
 
 from catalog.errors import InvalidInput
-from worker.methods import compute_dtype, register_method, upcast_trainable
+from worker.methods import in_compute_dtype, register_method, upcast_trainable
 
 DEFAULT_SHARE = 0.5
 
@@ -75,15 +73,10 @@ def final_norms(model: nn.Module, blocks_name: str) -> list[nn.Module]:
     return [m for n, m in parent.named_children() if "norm" in type(m).__name__.lower() or "norm" in n]
 
 
-def load_kwargs(cfg: FreezeConfig, device: torch.device | str) -> dict[str, Any]:
-    """The base in the compute dtype; the trained blocks are upcast to fp32 by `prepare`."""
-    return {"dtype": compute_dtype(device)}
-
-
 @register_method(
     "freeze",
     config=FreezeConfig,
-    load_kwargs=load_kwargs,
+    load_kwargs=in_compute_dtype,
     default_lr=1e-4,
     artifact="freeze",
     default_epochs=8,

@@ -4,13 +4,11 @@ are prepended to the input embeddings (peft `PromptEncoder`); the whole base mod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import torch
 from torch import nn
 
 from catalog.errors import InvalidInput
-from worker.methods import compute_dtype, register_method
+from worker.methods import in_compute_dtype, register_method
 
 ENCODERS = {"mlp": "MLP", "lstm": "LSTM"}
 """--encoder values -> peft's PromptEncoderReparameterizationType values."""
@@ -36,15 +34,10 @@ class PTuningConfig:
             raise InvalidInput(f"--encoder must be one of {', '.join(ENCODERS)} (got {self.encoder!r})")
 
 
-def load_kwargs(cfg: PTuningConfig, device: torch.device | str) -> dict[str, Any]:
-    """The frozen base in the compute dtype (bf16 on GPU, fp32 on CPU)."""
-    return {"dtype": compute_dtype(device)}
-
-
 @register_method(
     "ptuning",
     config=PTuningConfig,
-    load_kwargs=load_kwargs,
+    load_kwargs=in_compute_dtype,
     default_lr=3e-2,
     artifact="peft",
     default_epochs=8,

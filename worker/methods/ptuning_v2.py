@@ -7,13 +7,11 @@ SmolLM2-135M that reached only 0.06 triple F1 against 0.21 with the projection (
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import torch
 from torch import nn
 
 from catalog.errors import InvalidInput
-from worker.methods import compute_dtype, register_method
+from worker.methods import in_compute_dtype, register_method
 
 
 @dataclass
@@ -34,15 +32,10 @@ class PTuningV2Config:
             raise InvalidInput(f"--projection-hidden must be > 0 (got {self.projection_hidden})")
 
 
-def load_kwargs(cfg: PTuningV2Config, device: torch.device | str) -> dict[str, Any]:
-    """The frozen base in the compute dtype (bf16 on GPU, fp32 on CPU)."""
-    return {"dtype": compute_dtype(device)}
-
-
 @register_method(
     "ptuning-v2",
     config=PTuningV2Config,
-    load_kwargs=load_kwargs,
+    load_kwargs=in_compute_dtype,
     default_lr=2e-3,
     artifact="peft",
     default_epochs=8,
