@@ -66,6 +66,8 @@ RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # next to try for P-Tuning (0.118 at lr 3e-2, 8 epochs; it rose with lr and with training length)
     "ptuning-lr3e-2-e20": ("ptuning", {"virtual_tokens": 64}, {"lr": 3e-2, "epochs": 20}),
     "ptuning-lr1e-1": ("ptuning", {"virtual_tokens": 64}, {"lr": 1e-1, "epochs": 8}),
+    "ptuning-lr3e-2-e16": ("ptuning", {"virtual_tokens": 64}, {"lr": 3e-2, "epochs": 16}),
+    "ptuning-lr6e-2-e16": ("ptuning", {"virtual_tokens": 64}, {"lr": 6e-2, "epochs": 16}),
 }  # fmt: skip
 TASKS = {
     "faults": {"dataset": "faults", "metric": "triple-f1", "template": "chat", "max_new_tokens": 512},
