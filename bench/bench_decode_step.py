@@ -27,14 +27,17 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generation import DTYPES, device_name, load_model, load_prompts  # noqa: E402
 
+from worker.attention import without_cudnn_attention  # noqa: E402
 from worker.generation import GenerationConfig, generate  # noqa: E402
 
 
 def timed_generate(model: Any, tok: Any, prompts: list[str], cfg: GenerationConfig, device: str) -> dict:
     """Two calls (the first warms up and, for the static cache on CUDA, compiles); the second timed."""
+    t0 = time.perf_counter()
     generate(model, tok, prompts, cfg)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+    first = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = generate(model, tok, prompts, cfg)
     if device.startswith("cuda"):
@@ -42,7 +45,7 @@ def timed_generate(model: Any, tok: Any, prompts: list[str], cfg: GenerationConf
     seconds = time.perf_counter() - t0
     steps = max(1, cfg.max_new_tokens)
     return {
-        "seconds": round(seconds, 3), "new_tokens": result.new_tokens,
+        "first_call_s": round(first, 3), "seconds": round(seconds, 3), "new_tokens": result.new_tokens,
         "tokens_per_s": round(result.new_tokens / seconds, 1),
         "ms_per_step_at_most": round(1000 * seconds / steps, 2), "texts": result.texts,
     }  # fmt: skip
@@ -62,7 +65,7 @@ def profile_step(model: Any, tok: Any, prompts: list[str], device: str, top: int
         mask = torch.cat([enc["attention_mask"], torch.ones_like(nxt)], 1)
         step = {"input_ids": nxt, "attention_mask": mask, "past_key_values": out.past_key_values}
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-        with profile(activities=activities) as prof:
+        with profile(activities=activities) as prof, without_cudnn_attention():
             model(**step, use_cache=True)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
@@ -73,6 +76,23 @@ def profile_step(model: Any, tok: Any, prompts: list[str], device: str, top: int
         "self_cpu_ms": round(sum(e.self_cpu_time_total for e in events) / 1000, 2),
         "table": table.splitlines(),
     }
+
+
+def end_to_end(model: Any, tok: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """An evaluation's whole generation, once each way: dynamic, then static (its compiles included)."""
+    prompts = load_prompts(args.data, args.template, tok, None)
+    out: dict[str, Any] = {"prompts": len(prompts), "max_new_tokens": args.end_to_end, "batch_size": 16}
+    for name, static in (("dynamic_cache", False), ("static_cache", True)):
+        cfg = GenerationConfig(
+            max_new_tokens=args.end_to_end, batch_size=16, static_cache=static, stop_on_repeated_line=True
+        )
+        result = generate(model, tok, prompts, cfg)
+        out[name] = {"seconds": round(result.seconds, 2), "new_tokens": result.new_tokens}
+        out[name]["texts"] = result.texts
+        print("end to end", name, out[name]["seconds"], "s", flush=True)
+    pairs = zip(out["dynamic_cache"].pop("texts"), out["static_cache"].pop("texts"), strict=True)
+    out["identical_fraction"] = sum(a == b for a, b in pairs) / len(prompts)
+    return out
 
 
 def main() -> None:
@@ -86,6 +106,10 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["auto", *DTYPES], default="auto")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument(
+        "--end-to-end", type=int, default=0, metavar="N",
+        help="also: every prompt of --data, N new tokens, batches of 16, one call each (compiles included)",
+    )  # fmt: skip
     args = ap.parse_args()
     model, tok, dtype = load_model(args)
     prompts = load_prompts(args.data, args.template, tok, args.limit)
@@ -108,6 +132,9 @@ def main() -> None:
     report["identical_texts"] = dynamic.pop("texts") == static.pop("texts")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"decode-step-{report['dtype']}.json"
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if args.end_to_end:
+        report["end_to_end"] = end_to_end(model, tok, args)
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"static cache {report['speedup_static']}x, identical {report['identical_texts']}; wrote {path}")
 

@@ -29,6 +29,7 @@ from transformers import GenerationConfig as HFGenerationConfig
 from transformers import StoppingCriteriaList
 
 from catalog.errors import InvalidInput
+from worker.attention import without_cudnn_attention
 from worker.multi_lora import adapter_rows
 from worker.stopping import CancelCriteria, RepeatedLineCriteria, cut_at_repeated_line
 
@@ -210,7 +211,8 @@ def _left_padding(tokenizer: Any) -> Iterator[None]:
 
 @contextmanager
 def _generation_session(model: Any, tokenizer: Any, cfg: GenerationConfig) -> Iterator[_Session]:
-    """Eval mode, inference mode, left padding and a seeded private RNG; all undone on exit."""
+    """Eval mode, inference mode, left padding, no cuDNN attention (worker/attention.py) and a seeded
+    private RNG; all undone on exit."""
     device = _input_device(model)
     cuda = device.type == "cuda"
     was_training = model.training
@@ -219,6 +221,7 @@ def _generation_session(model: Any, tokenizer: Any, cfg: GenerationConfig) -> It
         with (
             _left_padding(tokenizer),
             torch.inference_mode(),
+            without_cudnn_attention(),
             torch.random.fork_rng(devices=[device] if cuda else []),
         ):
             torch.manual_seed(cfg.seed)
