@@ -3,9 +3,9 @@ cache (which transformers compiles with CUDA graphs on a GPU), in one process, p
 eager decoding step.
 
 Why: on the H100 a decoding step of SmolLM2-135M took 38 ms in fp32 and 91 ms in bf16 (batch 16,
-bench/results/generation-*.json), far above its arithmetic. A step of HF's eager loop dispatches about
-6,300 aten ops for this 30-layer model (counted on CPU), so the loop is dispatch-bound; the static
-cache + compile path should remove most of that. This script measures it before it becomes a default.
+bench/results/generation-*.json). This profile found cuDNN attention re-planning on every step (now
+left out: worker/attention.py). `--end-to-end N` also times a whole evaluation's generation (every
+prompt of --data, batches of 16) each way, the static cache's compiles included.
 
     python bench/bench_decode_step.py --model DIR --data ../shared/data/fault_triples_test.jsonl \\
         --limit 16 --max-new-tokens 128 --dtype bf16 --out $OUT
@@ -95,7 +95,7 @@ def end_to_end(model: Any, tok: Any, args: argparse.Namespace) -> dict[str, Any]
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, type=Path)
     ap.add_argument("--adapter", type=Path)
@@ -110,7 +110,7 @@ def main() -> None:
         "--end-to-end", type=int, default=0, metavar="N",
         help="also: every prompt of --data, N new tokens, batches of 16, one call each (compiles included)",
     )  # fmt: skip
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     model, tok, dtype = load_model(args)
     prompts = load_prompts(args.data, args.template, tok, args.limit)
     report: dict[str, Any] = {
@@ -137,6 +137,7 @@ def main() -> None:
         report["end_to_end"] = end_to_end(model, tok, args)
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"static cache {report['speedup_static']}x, identical {report['identical_texts']}; wrote {path}")
+    return path
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
     python bench/summarize_quality.py                 # bench/results/quality-faults-*.json, eval-*.json
     python bench/summarize_quality.py --task adgen
 
+A recipe trained at several seeds counts as the mean of its seeds when each method's best is chosen.
+
 Each results file carries its own recipes (`recipes`), shared training settings (`common`) and the
 `ft adapters compare` data of what it evaluated, so rows from runs with different settings stay honest:
 the table says, per row, the epochs, the effective batch, --max-len and --max-new-tokens it ran with.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,7 @@ def rows_of(path: Path, task: str) -> list[dict[str, Any]]:
             "recipe": ", ".join(f"{k}={v}" for k, v in {**flags, "lr": train.get("lr")}.items())
             if train
             else "-",
+            "seed": train.get("seed", 42) if train else None,
             "epochs": settings.get("epochs"), "batch": batch, "max_len": settings.get("max_len"),
             "new_tokens": (column.get("generation") or {}).get("max_new_tokens"),
             "metrics": column["metrics"], "train_s": column.get("train_seconds"),
@@ -57,6 +61,32 @@ def rows_of(path: Path, task: str) -> list[dict[str, Any]]:
             "trainable_pct": column.get("trainable_percent"), "file": path.name,
         })  # fmt: skip
     return rows
+
+
+def merge_seeds(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """Rows that differ only in the training seed (variants NAME and NAME-sK) become one row with the
+    mean of each metric, so a method's best is not the luckiest seed; the variant cell gives the spread."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        base = re.sub(r"-s\d+$", "", r["variant"])
+        key = (r["method"], base, r["recipe"], r["epochs"], r["batch"], r["max_len"], r["new_tokens"])
+        groups.setdefault(key, []).append(r)
+    merged = []
+    for (_, base, *_), group in groups.items():
+        seeds = {r["seed"] for r in group}
+        if len(seeds) < 2:
+            merged.extend(group)
+            continue
+        first, headline = group[0], keys[0]
+        scores = sorted(r["metrics"][headline] for r in group)
+        spread = f"{headline} {scores[0]:.3f}-{scores[-1]:.3f}"
+        merged.append({
+            **first, "variant": f"{base}, mean of {len(seeds)} seeds ({spread})",
+            "metrics": {k: sum(r["metrics"][k] for r in group) / len(group) for k in keys},
+            "train_s": sum(r["train_s"] or 0 for r in group) / len(group),
+            "file": f"{len({r['file'] for r in group})} files, {base}*",
+        })  # fmt: skip
+    return merged
 
 
 def markdown(rows: list[dict[str, Any]], keys: list[str]) -> str:
@@ -94,6 +124,7 @@ def main() -> None:
     files = sorted(RESULTS.glob(f"quality-{args.task}*.json")) + sorted(RESULTS.glob("eval-*.json"))
     rows = [r for path in files for r in rows_of(path, args.task)]
     if not args.all:
+        rows = merge_seeds(rows, keys)
         best: dict[str, dict[str, Any]] = {}
         for r in rows:
             if r["method"] not in best or r["metrics"][headline] > best[r["method"]]["metrics"][headline]:

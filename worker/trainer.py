@@ -20,6 +20,7 @@ checkpoints, TensorBoard and progress.
 
 Loss: each micro-batch's mean loss is weighted by its share of the step's target tokens, so that
 gradient accumulation gives the same update as one large batch. bf16 autocast on CUDA, fp32 on CPU.
+Attention never takes cuDNN's kernel, which plans anew for every batch width (worker/attention.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch
 from torch import nn
 
 from catalog.errors import InvalidInput
+from worker.attention import without_cudnn_attention
 from worker.batching import Rows, StepPlan, collate, load_rows
 from worker.checkpoints import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from worker.methods import compute_dtype, get_method
@@ -121,6 +123,7 @@ def _peak_memory(device: torch.device) -> int:
 
 
 @torch.no_grad()
+@without_cudnn_attention()
 def evaluate(model: nn.Module, rows: Rows, batch_size: int, pad_id: int, autocast: Any, pad_to: int) -> float:
     """Mean loss per target token over `rows`."""
     was_training = model.training
@@ -165,6 +168,7 @@ def _training_mode(model: nn.Module, cfg: TrainConfig) -> Callable[[], None]:
     return restore
 
 
+@without_cudnn_attention()
 def _accumulate(
     model: nn.Module, rows: Rows, micro: list[list[int]], pad_id: int, pad_to: int, autocast: Any
 ) -> tuple[float, int]:

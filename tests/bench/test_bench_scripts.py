@@ -1,0 +1,60 @@
+"""The benchmark helpers that run on CPU: the decode-step profile (tiny model, fp32, where the static
+and dynamic caches must agree) and the quality summary's merging of seed repeats."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.conftest import FAULTS_TEST, REPO
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not FAULTS_TEST.exists(), reason="shared data not available")
+def test_decode_step_bench_profiles_and_times_both_caches(tiny_model_dir, tmp_path):
+    bench = _load("bench_decode_step")
+    path = bench.main([
+        "--model", str(tiny_model_dir), "--data", str(FAULTS_TEST), "--limit", "3", "--max-new-tokens", "4",
+        "--device", "cpu", "--end-to-end", "3", "--out", str(tmp_path),
+    ])  # fmt: skip
+    report = json.loads(path.read_text(encoding="utf-8"))
+    assert report["dtype"] == "float32" and report["prompts"] == 3
+    assert report["profile_eager_step"]["aten_ops"] > 0
+    assert report["dynamic_cache"]["new_tokens"] == report["static_cache"]["new_tokens"] == 12
+    assert report["identical_texts"] is True
+    e2e = report["end_to_end"]
+    assert e2e["prompts"] == 50 and e2e["identical_fraction"] == 1.0
+    assert e2e["dynamic_cache"]["new_tokens"] == e2e["static_cache"]["new_tokens"] > 0
+
+
+def _row(variant: str, f1: float, seed: int | None, recipe: str = "lr=0.06") -> dict:
+    return {
+        "method": "ptuning", "variant": variant, "recipe": recipe, "seed": seed, "epochs": 16, "batch": 32,
+        "max_len": 2048, "new_tokens": 512, "metrics": {"f1": f1, "precision": 2 * f1}, "train_s": 100.0,
+        "train_mem": 1, "test_s": 1.0, "trainable_pct": 0.1, "file": f"{variant}.json",
+    }  # fmt: skip
+
+
+def test_seed_repeats_count_as_their_mean():
+    summary = _load("summarize_quality")
+    rows = [
+        _row("p", 0.155, 42), _row("p-s1", 0.142, 1), _row("p-s2", 0.161, 2), _row("p-s3", 0.175, 3),
+        _row("q", 0.30, 42, recipe="lr=0.1"),  # another recipe: left alone
+    ]  # fmt: skip
+    merged = summary.merge_seeds(rows, ["f1", "precision"])
+    assert len(merged) == 2
+    (mean,) = [r for r in merged if r["variant"].startswith("p,")]
+    assert mean["metrics"]["f1"] == pytest.approx((0.155 + 0.142 + 0.161 + 0.175) / 4)
+    assert mean["metrics"]["precision"] == pytest.approx(2 * mean["metrics"]["f1"])
+    assert mean["variant"] == "p, mean of 4 seeds (f1 0.142-0.175)"
+    assert [r["variant"] for r in merged if r is not mean] == ["q"]
+    # one seed alone is not a mean
+    assert summary.merge_seeds(rows[:1], ["f1"]) == rows[:1]
