@@ -1,7 +1,8 @@
 """Which scaled-dot-product-attention kernels PyTorch may pick while ft trains and generates.
 
-PyTorch prefers cuDNN attention on an H100 in bf16. cuDNN builds an execution graph for each new tensor
-shape, which costs a fraction of a second of CPU time, and its graph cache is keyed on the shape:
+PyTorch prefers cuDNN attention on an H100 in bf16. cuDNN plans an execution graph for each new tensor
+shape (about 2 ms of CPU time a decoding call, about 0.2 s a training forward + backward, as measured
+below), and its graph cache is keyed on the shape:
 - In decoding the key length grows by one every step, so every step of every layer builds a graph.
 - In training each new padded batch width builds a forward and a backward graph.
 
