@@ -32,6 +32,7 @@ from bench_generation import DTYPES, device_name, load_prompts, render  # noqa: 
 import worker.generation as generation  # noqa: E402
 from datasets_prep.rows import Row  # noqa: E402
 from worker.attention import without_cudnn_attention  # noqa: E402
+from worker.batching import IGNORE, collate, load_rows  # noqa: E402
 
 
 def decode(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, cudnn: bool) -> dict[str, Any]:
@@ -51,26 +52,21 @@ def decode(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, cudnn:
 
 
 def training_batches(path: Path, tok: Any, rows: int, micro: int, max_len: int) -> list[dict[str, Any]]:
-    """`rows` training rows (seeded shuffle) as chat prompt + answer + EOS, right-padded micro-batches."""
+    """`rows` training rows (seeded shuffle) as chat prompt + answer + EOS, in micro-batches made by the
+    trainer's own `load_rows` and `collate` (right padding to a multiple of 8, prompt labels -100)."""
     with open(path, encoding="utf-8") as f:
         data = [Row.from_json(json.loads(line)) for line in f if line.strip()]
     random.Random(0).shuffle(data)
-    seqs = []
+    columns: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
     for row in data[:rows]:
         prompt = tok(render(row, "chat", tok), add_special_tokens=False)["input_ids"]
         answer = tok(row.output, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        seqs.append((prompt + answer)[:max_len])
+        columns["input_ids"].append(prompt + answer)
+        columns["labels"].append([IGNORE] * len(prompt) + answer)
+    tokenised = load_rows(columns, max_len)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    batches = []
-    for i in range(0, len(seqs), micro):
-        group = seqs[i : i + micro]
-        width = -(-max(map(len, group)) // 8) * 8
-        ids = torch.full((len(group), width), pad)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for r, s in enumerate(group):
-            ids[r, : len(s)], mask[r, : len(s)] = torch.tensor(s), 1
-        batches.append({"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)})
-    return batches
+    order = list(range(len(tokenised)))
+    return [collate(tokenised, order[i : i + micro], pad, 8) for i in range(0, len(order), micro)]
 
 
 def train_pass(model: Any, batches: list[dict[str, torch.Tensor]], cudnn: bool) -> float:
