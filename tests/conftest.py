@@ -19,11 +19,12 @@ import pytest
 from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
-FAULTS_TRAIN = SHARED_DATA / "fault_triples_train.jsonl"
-FAULTS_TEST = SHARED_DATA / "fault_triples_test.jsonl"
-FAULTS_TEXT_ANSWER = SHARED_DATA / "fault_triples_test_text_answer.jsonl"
-ADGEN_DEV = SHARED_DATA / "adgen_dev.jsonl"
+DATA = REPO / "tests" / "data"
+"""Slices of the real data of both tasks, shipped with the tests (see its README.md)."""
+FAULTS_TRAIN = DATA / "fault_triples_train.jsonl"
+FAULTS_TEST = DATA / "fault_triples_test.jsonl"
+FAULTS_TEXT_ANSWER = DATA / "fault_triples_test_text_answer.jsonl"
+ADGEN_DEV = DATA / "adgen_dev.jsonl"
 
 
 def _need_service(what: str) -> None:
@@ -97,9 +98,13 @@ def ft(ft_env):
 # ---------------------------------------------------------------- tiny real model
 
 
-def build_tiny_model(dest: Path, layers: int = 2, hidden: int = 64) -> Path:
+def build_tiny_model(dest: Path, layers: int = 2, hidden: int = 64, shake: float = 0.0) -> Path:
     """A real Llama-architecture model (random weights) with a real byte-level BPE tokenizer
-    trained on the reference data, saved as an ordinary transformers directory."""
+    trained on the reference data, saved as an ordinary transformers directory.
+
+    `shake` adds that much Gaussian noise to every matrix: freshly initialised, the model repeats one
+    token whatever the prompt, which hides a model switch; shaken, each prompt gets its own completion
+    and a few training steps visibly change it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -113,11 +118,10 @@ def build_tiny_model(dest: Path, layers: int = 2, hidden: int = 64) -> Path:
 
     def texts():
         for path in (FAULTS_TRAIN, ADGEN_DEV):
-            if path.exists():
-                with open(path, encoding="utf-8") as f:
-                    for line in f:
-                        row = json.loads(line)
-                        yield " ".join(str(v) for v in row.values())
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    row = json.loads(line)
+                    yield " ".join(str(v) for v in row.values())
         yield "Below is an instruction that describes a task. ### Instruction: ### Input: ### Response:"
 
     tok.train_from_iterator(texts(), trainer=trainer)
@@ -147,6 +151,12 @@ def build_tiny_model(dest: Path, layers: int = 2, hidden: int = 64) -> Path:
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
+    if shake:
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.add_(torch.randn(p.shape, generator=gen) * shake)
     model.save_pretrained(dest)
     return dest
 
@@ -155,6 +165,13 @@ def build_tiny_model(dest: Path, layers: int = 2, hidden: int = 64) -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer, hidden-64 Llama with a real tokenizer, built once per test session."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def lively_model_dir(tmp_path_factory) -> Path:
+    """The tiny model with its matrices shaken (`build_tiny_model(shake=0.2)`): prompt-dependent
+    completions, so that evaluation tests can see which model produced them."""
+    return build_tiny_model(tmp_path_factory.mktemp("lively-model") / "tiny-llama", shake=0.2)
 
 
 # ---------------------------------------------------------------- real servers

@@ -17,6 +17,7 @@ prompt, no padding); bench/bench_generation.py compares the two.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -244,7 +245,8 @@ class _Session:
         self.eos = eos_token_ids(model, tokenizer)
         self.pad_id = int(tokenizer.pad_token_id)
         self.hf_config = _hf_generation_config(cfg, self.eos, self.pad_id)
-        self.virtual_tokens = _prepends_virtual_tokens(model)
+        self.prompt_learning = _prompt_learning_type(model)
+        self.cache_kwarg = _cache_kwarg(model)
         self.new_tokens = 0
         self.started = time.perf_counter()
         self.seconds: float | None = None
@@ -276,21 +278,41 @@ class _Session:
 
     def _model_inputs(
         self, input_ids: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[Callable[..., torch.Tensor], dict[str, torch.Tensor], int]:
+    ) -> tuple[Callable[..., torch.Tensor], dict[str, Any], int]:
         """(the generate function, its inputs, how many leading columns of its output are the prompt).
 
-        peft's own generate for p-tuning / prompt tuning drops position ids, so a left-padded row would
-        see its prompt at positions shifted by its padding and decode differently than alone. For those
-        we prepend the virtual tokens ourselves and call the base model with embeddings: transformers
-        then derives position ids from the attention mask, as it does for a plain model.
+        Prompt-learning adapters are fed to the base model's own `generate` here rather than through
+        peft's `generate`: peft's hook decides "first step" by looking for `past_key_values` in the model
+        kwargs, which transformers 5.24 renamed to `cache`, so with it peft re-injects the virtual tokens
+        on every step (p-tuning, prompt tuning) or loses the prefix (prefix tuning). peft's path also
+        drops position ids, so a left-padded row saw its prompt shifted by its padding. Here:
+        - p-tuning / prompt tuning: the virtual-token embeddings are prepended to the prompt's and the
+          base generates from embeddings (positions then follow the attention mask, as for a plain model);
+        - prefix tuning: the trained key/value prefix is the initial cache, and the prompt is preceded by
+          as many placeholder ids, which transformers treats as the cached part and skips, so the real
+          tokens sit at positions P.. as in training.
         """
-        if not self.virtual_tokens:
+        if self.prompt_learning is None:
             return self.model.generate, {"input_ids": input_ids, "attention_mask": mask}, input_ids.shape[1]
+        batch = input_ids.shape[0]
+        if self.prompt_learning == PeftType.PREFIX_TUNING:
+            if self.cfg.static_cache:
+                raise InvalidInput("a prefix-tuning adapter cannot decode with the static cache")
+            cache = self.model.get_prompt(batch_size=batch)
+            virtual = cache.get_seq_length()
+            ones = torch.ones((batch, virtual), dtype=mask.dtype, device=mask.device)
+            placeholders = torch.full_like(ones, self.pad_id, dtype=input_ids.dtype)
+            inputs = {
+                "input_ids": torch.cat((placeholders, input_ids), 1),
+                "attention_mask": torch.cat((ones, mask), 1),
+                self.cache_kwarg: cache,
+            }
+            return self.model.base_model.generate, inputs, virtual + input_ids.shape[1]
         embeds = self.model.word_embeddings(input_ids)
-        virtual = self.model.get_prompt(batch_size=input_ids.shape[0]).to(embeds.dtype)
-        ones = torch.ones(virtual.shape[:2], dtype=mask.dtype, device=mask.device)
+        prompt = self.model.get_prompt(batch_size=batch).to(embeds.dtype)
+        ones = torch.ones(prompt.shape[:2], dtype=mask.dtype, device=mask.device)
         inputs = {
-            "inputs_embeds": torch.cat((virtual, embeds), 1),
+            "inputs_embeds": torch.cat((prompt, embeds), 1),
             "attention_mask": torch.cat((ones, mask), 1),
         }
         return self.model.base_model.generate, inputs, 0  # with embeddings only, the output is new tokens
@@ -335,10 +357,21 @@ class _Session:
         )
 
 
-def _prepends_virtual_tokens(model: Any) -> bool:
-    """A peft model whose active adapter feeds virtual-token embeddings before the prompt."""
+PROMPT_LEARNING = (PeftType.P_TUNING, PeftType.PROMPT_TUNING, PeftType.PREFIX_TUNING)
+
+
+def _prompt_learning_type(model: Any) -> PeftType | None:
+    """The peft type of the model's active adapter if it is a prompt-learning one, else None."""
     peft_config = getattr(model, "active_peft_config", None)
-    return peft_config is not None and peft_config.peft_type in (PeftType.P_TUNING, PeftType.PROMPT_TUNING)
+    kind = getattr(peft_config, "peft_type", None)
+    return kind if kind in PROMPT_LEARNING else None
+
+
+def _cache_kwarg(model: Any) -> str:
+    """The keyword the model's forward takes its KV cache by: `cache` since transformers 5.24,
+    `past_key_values` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
 def _hf_generation_config(cfg: GenerationConfig, eos: list[int], pad_id: int) -> HFGenerationConfig:

@@ -18,7 +18,6 @@ def _load(name: str):
     return module
 
 
-@pytest.mark.skipif(not FAULTS_TEST.exists(), reason="shared data not available")
 def test_decode_step_bench_profiles_and_times_both_caches(tiny_model_dir, tmp_path):
     bench = _load("bench_decode_step")
     path = bench.main([

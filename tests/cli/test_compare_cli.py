@@ -19,8 +19,8 @@ ROW_LABELS = [
 
 
 @pytest.fixture
-def evaluable(catalog, store, tiny_model_dir, tmp_path):
-    return register_faults(catalog, store, tiny_model_dir, tmp_path)
+def evaluable(catalog, store, lively_model_dir, tmp_path):
+    return register_faults(catalog, store, lively_model_dir, tmp_path)
 
 
 @pytest.fixture

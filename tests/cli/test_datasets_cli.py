@@ -29,14 +29,14 @@ def test_add_faults_with_test_file_and_list(ftc, settings):
     out = ftc(
         "datasets", "add", "faults", str(FAULTS_TRAIN), "--format", "triples", "--test", str(FAULTS_TEST)
     ).output
-    assert "Registered faults:1 (triples): 1491 rows (train 1441, test 50)" in out
+    assert "Registered faults:1 (triples): 170 rows (train 120, test 50)" in out
     [ds] = listing(ftc)
-    assert ds["ref"] == "faults:1" and ds["splits"] == {"train": 1441, "test": 50}
+    assert ds["ref"] == "faults:1" and ds["splits"] == {"train": 120, "test": 50}
     assert len(ds["sha256"]) == 64 and f"sha256: {ds['sha256']}" in out
     assert ds["created_by"] == "tester" and ds["invalid_count"] == 0
     table = ftc("datasets", "list").output.splitlines()
     assert table[0].split() == "NAME VERSION FORMAT ROWS SPLITS INVALID SHA256 CREATED BY".split()
-    assert table[1].split()[:7] == ["faults", "1", "triples", "1491", "train=1441", "test=50", "0"]
+    assert table[1].split()[:7] == ["faults", "1", "triples", "170", "train=120", "test=50", "0"]
     assert ds["sha256"][:12] in table[1]
 
 
@@ -49,13 +49,13 @@ def test_adgen_split_is_the_same_on_every_run(ftc):
         "--format",
         "adgen",
         "--split",
-        "test=100",
+        "test=20",
         "--seed",
         "0",
     )
     first = json.loads(ftc(*args, "--json").output)
-    assert first["created"] and first["splits"] == {"train": 970, "test": 100}
-    assert first["report"] == [f"{ADGEN_DEV}:890: duplicate-row: same row as an earlier one (kept)"]
+    assert first["created"] and first["splits"] == {"train": 100, "test": 20}
+    assert first["report"] == [f"{ADGEN_DEV}:120: duplicate-row: same row as an earlier one (kept)"]
     again = ftc(*args)
     assert "adgen:1 already holds this content" in again.output and "no new version" in again.output
     assert [d["version"] for d in listing(ftc, "--all")] == [1]
@@ -108,11 +108,11 @@ def test_long_reports_are_cut_at_50_lines(ftc, tmp_path):
 def test_show_prints_counts_sources_rows_and_report(ftc):
     ftc("datasets", "add", "adgen", str(ADGEN_DEV), "--format", "adgen", "--split", "test=0.1", "--seed", "3")
     out = ftc("datasets", "show", "adgen:1", "--rows", "2").output
-    assert "adgen:1 (adgen)" in out and "1070 rows (train 963, test 107)" in out
+    assert "adgen:1 (adgen)" in out and "120 rows (train 108, test 12)" in out
     assert "seed 3, test=0.1" in out and f"source:       {ADGEN_DEV.resolve()}" in out
-    assert "train (first 2 of 963):" in out and "test (first 2 of 107):" in out
+    assert "train (first 2 of 108):" in out and "test (first 2 of 12):" in out
     assert "input: 类型#" in out
-    assert f"{ADGEN_DEV}:890: duplicate-row" in out
+    assert f"{ADGEN_DEV}:120: duplicate-row" in out
     data = json.loads(ftc("datasets", "show", "adgen", "--json", "--rows", "1").output)
     assert [len(v) for v in data["rows"].values()] == [1, 1]
     assert data["rows"]["test"][0]["input"].startswith("类型#")
@@ -174,7 +174,7 @@ def test_unknown_dataset_errors(ftc):
 def test_rm_asks_unless_yes(ftc):
     ftc("datasets", "add", "fta", str(FAULTS_TEXT_ANSWER))
     no = ftc("datasets", "rm", "fta", input="n\n", ok=False)
-    assert no.exit_code == 1 and "Remove dataset fta:1 (50 rows (train 50))?" in no.output
+    assert no.exit_code == 1 and "Remove dataset fta:1 (10 rows (train 10))?" in no.output
     assert len(listing(ftc)) == 1
     assert "Removed fta:1" in ftc("datasets", "rm", "fta", input="y\n").output
     assert listing(ftc) == []

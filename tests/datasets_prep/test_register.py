@@ -52,7 +52,7 @@ def test_faults_train_with_test_file(catalog, store):
     ds = result.dataset
     assert result.created and result.report == []
     assert (ds.name, ds.version, ds.source_format, ds.created_by) == ("faults", 1, "triples", "tester")
-    assert ds.split_counts == {"train": 1441, "test": 50}
+    assert ds.split_counts == {"train": 120, "test": 50}
     assert ds.source_sha256 == hashlib.sha256(FAULTS_TRAIN.read_bytes()).hexdigest()
     assert ds.split_spec["test_file"]["sha256"] == hashlib.sha256(FAULTS_TEST.read_bytes()).hexdigest()
     assert ds.source_path == str(FAULTS_TRAIN.resolve())
@@ -61,28 +61,28 @@ def test_faults_train_with_test_file(catalog, store):
     with open(FAULTS_TRAIN, encoding="utf-8") as f:
         first = json.loads(f.readline())
     train = list(load_split(store, ds, "train"))
-    assert len(train) == 1441 and train[0] == Row(**first)  # no split: file order kept
+    assert len(train) == 120 and train[0] == Row(**first)  # no split: file order kept
     assert len(list(load_split(store, ds, "test"))) == 50
     meta = json.loads((store.path(ds.artifact_uri) / META).read_text())
-    assert meta == {"format": "triples", "counts": {"train": 1441, "test": 50}, "splits": {}, "seed": None}
+    assert meta == {"format": "triples", "counts": {"train": 120, "test": 50}, "splits": {}, "seed": None}
 
 
-def test_adgen_dev_split_100_for_test(catalog, store):
-    result = add_dataset(catalog, store, "adgen", ADGEN_DEV, "adgen", splits={"test": 100}, seed=0, user="t")
+def test_adgen_dev_split_20_for_test(catalog, store):
+    result = add_dataset(catalog, store, "adgen", ADGEN_DEV, "adgen", splits={"test": 20}, seed=0, user="t")
     ds = result.dataset
-    assert ds.split_counts == {"train": 970, "test": 100}
+    assert ds.split_counts == {"train": 100, "test": 20}
     # the dev set holds one exact duplicate (lines 889 and 890): kept, and reported as a warning
-    assert result.report == [f"{ADGEN_DEV}:890: duplicate-row: same row as an earlier one (kept)"]
+    assert result.report == [f"{ADGEN_DEV}:120: duplicate-row: same row as an earlier one (kept)"]
     assert ds.report == result.report and ds.invalid_count == 0
     test = list(load_split(store, ds, "test"))
     assert all(r.instruction == "" and r.input.startswith("类型#") for r in test)
     meta = json.loads((store.path(ds.artifact_uri) / META).read_text())
-    assert meta["seed"] == 0 and meta["splits"] == {"test": 100}
+    assert meta["seed"] == 0 and meta["splits"] == {"test": 20}
 
 
 def test_text_answer_file_and_auto_detection(catalog, store):
     ds = add_dataset(catalog, store, "fta", FAULTS_TEXT_ANSWER, user="t").dataset  # fmt defaults to auto
-    assert ds.source_format == "triples" and ds.split_counts == {"train": 50}
+    assert ds.source_format == "triples" and ds.split_counts == {"train": 10}
     assert next(iter(load_split(store, ds, "train"))).instruction == ""
 
 

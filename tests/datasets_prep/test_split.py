@@ -92,10 +92,10 @@ def _inputs(store, dataset, split):
 def test_same_file_and_seed_give_the_same_rows_on_every_run(tmp_path, catalog, store):
     from tests.conftest import ADGEN_DEV
 
-    a = add_dataset(catalog, store, "a", ADGEN_DEV, "adgen", splits={"test": 100}, seed=0, user="t").dataset
-    b = add_dataset(catalog, store, "b", ADGEN_DEV, "adgen", splits={"test": 100}, seed=0, user="t").dataset
-    c = add_dataset(catalog, store, "c", ADGEN_DEV, "adgen", splits={"test": 100}, seed=1, user="t").dataset
-    assert a.split_counts == {"train": 970, "test": 100}
+    a = add_dataset(catalog, store, "a", ADGEN_DEV, "adgen", splits={"test": 20}, seed=0, user="t").dataset
+    b = add_dataset(catalog, store, "b", ADGEN_DEV, "adgen", splits={"test": 20}, seed=0, user="t").dataset
+    c = add_dataset(catalog, store, "c", ADGEN_DEV, "adgen", splits={"test": 20}, seed=1, user="t").dataset
+    assert a.split_counts == {"train": 100, "test": 20}
     assert a.sha256 == b.sha256 and a.artifact_uri == b.artifact_uri
     assert _inputs(store, a, "test") == _inputs(store, b, "test")
     assert _inputs(store, a, "test") != _inputs(store, c, "test")

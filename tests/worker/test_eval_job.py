@@ -41,8 +41,8 @@ def flush_denormals():
 
 
 @pytest.fixture
-def evaluable(catalog, store, tiny_model_dir, tmp_path):
-    return register_faults(catalog, store, tiny_model_dir, tmp_path)
+def evaluable(catalog, store, lively_model_dir, tmp_path):
+    return register_faults(catalog, store, lively_model_dir, tmp_path)
 
 
 def predictions(store, evaluation: Evaluation) -> list[dict]:

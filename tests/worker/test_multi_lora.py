@@ -306,8 +306,8 @@ def test_layers_left_to_peft_act_as_the_base_while_stacked(tiny_model_dir, adapt
 
 
 @pytest.fixture
-def evaluable(catalog, store, tiny_model_dir, tmp_path):
-    return register_faults(catalog, store, tiny_model_dir, tmp_path)
+def evaluable(catalog, store, lively_model_dir, tmp_path):
+    return register_faults(catalog, store, lively_model_dir, tmp_path)
 
 
 def test_an_eval_job_stacks_lora_and_evaluates_dora_alone(evaluable, settings, store):

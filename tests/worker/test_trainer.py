@@ -67,7 +67,7 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, rows, tmp_p
     loss_acc, acc = one_step(2, 2)
     _, small = one_step(2, 1)
     assert loss_acc == pytest.approx(loss_big, rel=1e-5)
-    assert all(torch.allclose(big[n], acc[n], atol=1e-6) for n in big)
+    assert all(torch.allclose(big[n], acc[n], atol=1e-5) for n in big)  # Adam steps are ~lr = 1e-3
     assert not all(torch.allclose(big[n], small[n], atol=1e-6) for n in big)
 
 
