@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up ft on a fresh Debian/Ubuntu machine: the servers the tests use (redis-server, PostgreSQL),
-# a CPU build of torch unless one is installed, and ft itself (editable) with its test extras.
+# a CPU build of torch unless one is installed, and ft itself (editable) with its test extras, at the
+# releases the suite last passed with (scripts/constraints.txt).
 #
-#   bash scripts/setup.sh            # then: ft quickstart   or   python -m pytest
+#   bash scripts/setup.sh                # then: ft quickstart   or   python -m pytest
+#   FT_NEWEST=1 bash scripts/setup.sh    # today's newest releases instead of the pinned ones
 #
 # On a GPU machine install the CUDA build of torch first; this script keeps an installed torch.
 set -euo pipefail
@@ -29,6 +31,15 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   echo "setup: installing torch (CPU build)"
   "$PY" -m pip install -q torch==2.13.0
 fi
-echo "setup: installing ft"
-"$PY" -m pip install -q -e ".[test]"
+if [ "${FT_NEWEST:-0}" = 1 ]; then
+  echo "setup: installing ft with the newest releases of its dependencies (FT_NEWEST=1)"
+  # ...all but torch: an eager upgrade would replace this machine's torch with a CUDA build of GBs.
+  keep_torch="$(mktemp)"
+  "$PY" -c 'import torch; print("torch==" + torch.__version__)' > "$keep_torch"
+  "$PY" -m pip install -q -U --upgrade-strategy eager -e ".[test]" -c "$keep_torch"
+  rm -f "$keep_torch"
+else
+  echo "setup: installing ft (dependencies pinned by scripts/constraints.txt)"
+  "$PY" -m pip install -q -e ".[test]" -c scripts/constraints.txt
+fi
 echo "setup: done ($("$PY" -c 'import torch, transformers, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__)'))"
