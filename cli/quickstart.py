@@ -141,10 +141,10 @@ def quickstart(app: AppContext, max_steps: int | None) -> None:
             train_flags["max_steps"] = max_steps
         with app.catalog.session() as s:
             spec = resolve_train_spec(
-                s, name=name, method="lora", model=MODEL_NAME, dataset=DATASET_NAME, template="plain",
-                method_flags={"rank": 16, "alpha": 32.0}, train_flags=train_flags,
+                s, name=name, method="lora", model=MODEL_NAME, dataset=DATASET_NAME,
+                method_flags={"rank": 16, "alpha": 32.0}, train_flags=train_flags, store=app.store,
             )  # fmt: skip
-        _say(5, "convert: tokenising with the model's tokenizer (template plain)")
+        _say(5, f"convert: tokenising with the model's tokenizer (template {spec.template_ref})")
         from datasets_prep.convert import ConvertSpec, find_conversion
 
         convert = ConvertSpec.from_json(spec.convert)

@@ -23,6 +23,7 @@ from catalog.models import Job
 from cli.context import AppContext, pass_app
 from cli.follow import follow_job, job_dict, raise_unless_succeeded
 from cli.output import print_json
+from datasets_prep.lengths import DEFAULT_MAX_LEN
 from worker.queues import MAX_PRIORITY, QUEUES
 
 
@@ -107,14 +108,17 @@ def _summary(result: dict[str, Any]) -> str:
 @click.argument("dataset")
 @click.option("--model", "-m", required=True, help="Base model whose tokenizer to use (`ft models list`).")
 @click.option(
-    "--template", "-t", required=True, help="Prompt template, NAME or NAME:VERSION (`ft templates list`)."
+    "--template",
+    "-t",
+    help="Prompt template, NAME or NAME:VERSION (`ft templates list`)  [default: chat if the model's "
+    "tokenizer has a chat template, else plain]",
 )
-@click.option("--max-len", type=int, default=1024, show_default=True, help="Tokens per example.")
+@click.option("--max-len", type=int, default=DEFAULT_MAX_LEN, show_default=True, help="Tokens per example.")
 @click.option(
     "--max-source-len",
     type=int,
     default=None,
-    help="Tokens kept of the prompt (the rest go to the output)  [default: no separate limit]",
+    help="Tokens kept of the prompt (the rest go to the output)  [default: 3/4 of --max-len]",
 )
 @submit_options(default_queue="cpu")
 @pass_app
@@ -122,7 +126,7 @@ def convert(
     app: AppContext,
     dataset: str,
     model: str,
-    template: str,
+    template: str | None,
     max_len: int,
     max_source_len: int | None,
     priority: int,
@@ -137,14 +141,20 @@ def convert(
 
     \b
     Example:
-        ft submit convert faults --model smol --template plain
+        ft submit convert faults --model smol
         ft submit convert faults:2 --model smol --template alpaca --max-len 512 --wait
     """
     from datasets_prep.convert import find_conversion, resolve_convert_spec
 
     with app.catalog.session() as s:
         spec = resolve_convert_spec(
-            s, dataset=dataset, model=model, template=template, max_len=max_len, max_source_len=max_source_len
+            s,
+            dataset=dataset,
+            model=model,
+            template=template,
+            max_len=max_len,
+            max_source_len=max_source_len,
+            store=app.store,
         )
         cached = find_conversion(s, spec.cache_key)
     if cached is not None:

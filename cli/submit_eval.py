@@ -10,6 +10,8 @@ from cli.follow import follow_job, job_dict, raise_unless_succeeded
 from cli.output import print_json
 from cli.submit import enqueue, report_submitted, submit, submit_options
 
+DEFAULT_BATCH_SIZE = 64
+"""worker.eval_spec.DEFAULT_BATCH_SIZE, without importing it for --help (a test ties the two)."""
 METRIC_NAMES = ("triple-f1", "bleu-rouge-zh", "exact-match")
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
@@ -26,12 +28,12 @@ def _options(f):  # noqa: ANN001, ANN202
                           "else bleu-rouge-zh]"),
         click.option("--template", "-t",
                      help="Prompt template for every model  [default: each adapter's own; the base: the one "
-                          "its adapters share, else plain]"),
+                          "its adapters share, else chat if its tokenizer has one, else plain]"),
         click.option("--limit", type=int, help="Only the first N rows of the split."),
         click.option("--max-new-tokens", type=int, default=512, show_default=True,
                      help="Most tokens per answer (a row stops earlier at EOS or, for triple-f1, a "
                           "repeated line)."),
-        click.option("--batch-size", type=int, default=16, show_default=True,
+        click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
                      help="Prompts per batch for each model; LoRA adapters (and --base) evaluated together "
                           "share batches of this many prompts times their number."),
         click.option("--max-source-len", type=int, default=2048, show_default=True,

@@ -18,6 +18,7 @@ import yaml
 from catalog.errors import InvalidInput
 from cli.context import AppContext, pass_app
 from cli.submit import enqueue, report_submitted, submit, submit_options
+from datasets_prep.lengths import DEFAULT_MAX_LEN
 
 METHOD_NAMES = ("freeze", "ptuning", "ptuning-v2", "lora", "qlora", "full")
 """Shown in --help without importing torch; a test checks it against the registry."""
@@ -29,7 +30,8 @@ def _options(f: Any) -> Any:
         click.option("--method", type=click.Choice(METHOD_NAMES), help="Training method."),
         click.option("--model", "-m", help="Base model (`ft models list`)."),
         click.option("--dataset", "-d", help="Dataset, NAME or NAME:VERSION; its `train` split is used."),
-        click.option("--template", "-t", help="Prompt template, NAME or NAME:VERSION  [default: plain]"),
+        click.option("--template", "-t", help="Prompt template, NAME or NAME:VERSION  [default: chat if the "
+                     "model's tokenizer has a chat template, else plain]"),
         click.option("--name", "-n", help="Adapter name  [default: DATASET-METHOD, numbered if taken]"),
         click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
                      help="YAML file of flat keys (any flag's name with _); flags override it."),
@@ -41,8 +43,8 @@ def _options(f: Any) -> Any:
         click.option("--lr", type=float, help="Peak learning rate  [default: per method]"),
         click.option("--batch-size", type=int, help="Examples per micro-batch  [default: 8]"),
         click.option("--grad-accum", type=int, help="Micro-batches per optimizer step  [default: 4]"),
-        click.option("--max-len", type=int, help="Tokens per example  [default: 2048]"),
-        click.option("--max-source-len", type=int, help="Tokens kept of the prompt  [default: no limit]"),
+        click.option("--max-len", type=int, help=f"Tokens per example  [default: {DEFAULT_MAX_LEN}]"),
+        click.option("--max-source-len", type=int, help="Prompt tokens kept  [default: 3/4 of --max-len]"),
         click.option("--seed", type=int, help="Seed of init, data order, dropout  [default: 42]"),
         click.option("--save-steps", type=int, help="Checkpoint every N steps  [default: 200]"),
         click.option("--eval-split", help="Split whose loss is measured during training."),
@@ -151,7 +153,8 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
     \b
     Example:
         ft submit train --method qlora --model qwen --dataset faults --name faults-qlora
-        ft submit train --method lora --rank 16 --dora -m smol -d faults -t plain --epochs 3 --wait
+        ft submit train --method lora -m smol -d faults --name faults-lora --wait
+        ft submit train --method lora --rank 16 --dora -m smol -d faults -t plain --epochs 3
         ft submit train --method freeze --layers 4 -m smol -d faults --lr 5e-5
         ft submit train --config recipe.yaml -o lr=1e-4 -o warmup_ratio=0.1
     """
@@ -170,8 +173,8 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
     with app.catalog.session() as s:
         spec = resolve_train_spec(
             s, name=name, method=job["method"], model=job["model"], dataset=job["dataset"],
-            template=job.get("template") or "plain", method_flags=method_keys, train_flags=train_keys,
-            max_source_len=job.get("max_source_len"),
+            template=job.get("template"), method_flags=method_keys, train_flags=train_keys,
+            max_source_len=job.get("max_source_len"), store=app.store,
         )  # fmt: skip
     job_row = enqueue(app, "train", spec.to_json(), queue=queue, priority=priority)
     if not as_json:

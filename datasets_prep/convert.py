@@ -33,14 +33,16 @@ from catalog.models import BaseModel, Conversion, Dataset, PromptTemplate
 from catalog.names import check_name, split_ref
 from catalog.store import ArtifactStore, StoredArtifact
 from datasets_prep.canonical import load_split
+from datasets_prep.lengths import DEFAULT_MAX_LEN, default_max_source_len
 from datasets_prep.rows import Row
-from datasets_prep.templates import get_template
+from datasets_prep.templates import default_template_name, get_template
 from datasets_prep.tokenize import SplitStats, tokenize_rows
 
 FORMAT_VERSION = 1
 """Bump when the bytes a conversion writes change for the same inputs (invalidates the cache)."""
 STATS_FILE = "stats.json"
 MAX_LEN_LIMIT = 1 << 20
+
 REPORT_INTERVAL_S = 0.5
 
 SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
@@ -58,10 +60,11 @@ class ConvertSpec:
     """The template version (prompt_templates.id)."""
     base_model_id: int
     """The base model whose tokenizer is used (base_models.id)."""
-    max_len: int = 1024
+    max_len: int = DEFAULT_MAX_LEN
     """`--max-len`: most tokens in one example (prompt + output); longer outputs are cut."""
     max_source_len: int | None = None
-    """`--max-source-len`: most prompt tokens (the start is kept); None: only `max_len` applies."""
+    """`--max-source-len`: most prompt tokens (the start is kept); None: only `max_len` applies (specs
+    resolved by `resolve_convert_spec` always carry a number: 3/4 of max_len unless given)."""
     dataset_ref: str = ""
     """Display: `name:version` of the dataset."""
     template_ref: str = ""
@@ -130,22 +133,38 @@ def model_tokenizer_identity(model: BaseModel) -> str:
     return hashlib.sha256(f"hub\x00{model.origin}\x00{model.revision or ''}".encode()).hexdigest()
 
 
+def local_model_dir(store: ArtifactStore | None, model: BaseModel) -> Path | None:
+    """Where a `path` or imported `gguf` model's files lie on this machine (None for a hub id, or a gguf
+    import without the store at hand)."""
+    if model.source == "path":
+        return Path(model.uri)
+    if model.source == "gguf" and store is not None:
+        return store.path(model.uri)
+    return None
+
+
 def resolve_convert_spec(
     session: Session,
     *,
     dataset: str,
     model: str,
-    template: str,
-    max_len: int = 1024,
+    template: str | None = None,
+    max_len: int = DEFAULT_MAX_LEN,
     max_source_len: int | None = None,
+    store: ArtifactStore | None = None,
 ) -> ConvertSpec:
-    """Resolve names (`dataset` is NAME or NAME:VERSION) and validate; raises NotFound/InvalidInput."""
+    """Resolve names (`dataset` is NAME or NAME:VERSION) and validate; raises NotFound/InvalidInput.
+
+    Without `template`, the model's chat template is used when its tokenizer has one (`store` locates
+    an imported model's files), else `plain`. Without `max_source_len`, prompts keep 3/4 of max_len."""
     ds = find_dataset(session, dataset)
-    tpl = get_template(session, template)
     bm = session.scalars(select(BaseModel).where(BaseModel.name == model)).first()
     if bm is None:
         known = ", ".join(session.scalars(select(BaseModel.name).order_by(BaseModel.name))) or "none"
         raise NotFound(f"unknown base model {model!r} (known: {known}); see `ft models list`")
+    tpl = get_template(session, template or default_template_name(local_model_dir(store, bm)))
+    if max_source_len is None and isinstance(max_len, int) and not isinstance(max_len, bool):
+        max_source_len = default_max_source_len(max_len)
     tok = model_tokenizer_identity(bm)
     spec = ConvertSpec(
         dataset_id=ds.id,

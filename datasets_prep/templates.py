@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import string
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateError
@@ -53,7 +55,30 @@ BUILTINS: dict[str, tuple[str, str, str]] = {
     ),
 }
 
+CHAT, PLAIN = "chat", "plain"
+"""The default template: the tokenizer's chat template when it has one (every quality result of the
+README used it), else the instruction and input concatenated."""
+
 _jinja = ImmutableSandboxedEnvironment(keep_trailing_newline=True)
+
+
+def has_chat_template(model_dir: Path | None) -> bool:
+    """Whether the tokenizer saved in `model_dir` has a chat template, read from its files (no
+    tokenizer is loaded): `chat_template.jinja` / `.json`, or `chat_template` in tokenizer_config.json."""
+    if model_dir is None or not model_dir.is_dir():
+        return False
+    if any((model_dir / name).is_file() for name in ("chat_template.jinja", "chat_template.json")):
+        return True
+    try:
+        config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))
+
+
+def default_template_name(model_dir: Path | None) -> str:
+    """`chat` when the model's tokenizer has a chat template, else `plain`."""
+    return CHAT if has_chat_template(model_dir) else PLAIN
 
 
 @functools.lru_cache(maxsize=64)

@@ -44,11 +44,11 @@ class GenerationCancelled(Exception):
 
 @dataclass
 class GenerationConfig:
-    """How to decode. The defaults are the evaluation defaults: greedy, 512 new tokens, 16 per batch."""
+    """How to decode. The defaults are the evaluation defaults: greedy, 512 new tokens, 64 per batch."""
 
     max_new_tokens: int = 512
     """Most tokens generated per prompt (`--max-new-tokens`)."""
-    batch_size: int = 16
+    batch_size: int = 64
     """Prompts per batch for each model (`--batch-size`): a pass that serves K models together (per-row
     `adapter_names`) generates `batch_size` x K rows per batch. Lower it on out-of-memory errors."""
     sample: bool = False

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from catalog.errors import InvalidInput
+from datasets_prep.lengths import DEFAULT_MAX_LEN
 
 SCHEDULERS = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
@@ -37,7 +38,7 @@ class TrainConfig:
     """Examples per micro-batch (--batch-size)."""
     grad_accum: int = 4
     """Micro-batches per optimizer step (--grad-accum); the effective batch is batch_size x grad_accum."""
-    max_len: int = 2048
+    max_len: int = DEFAULT_MAX_LEN
     """Examples are cut to this many tokens (--max-len); rows with no answer left are skipped."""
     seed: int = 42
     """Seed of adapter initialisation, data order and dropout (--seed)."""

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from catalog.adapters import check_adapter_name_free
 from catalog.errors import InvalidInput, NotFound
 from catalog.models import Dataset
+from catalog.store import ArtifactStore
 from datasets_prep.convert import ConvertSpec, resolve_convert_spec
 from worker.methods import get_method
 from worker.train_config import TrainConfig
@@ -70,19 +71,23 @@ def resolve_train_spec(
     method: str,
     model: str,
     dataset: str,
-    template: str,
+    template: str | None = None,
     method_flags: dict[str, Any],
     train_flags: dict[str, Any],
     max_source_len: int | None = None,
+    store: ArtifactStore | None = None,
 ) -> TrainSpec:
-    """Validate everything a training job needs; raise InvalidInput/NotFound/Conflict naming the flag."""
+    """Validate everything a training job needs; raise InvalidInput/NotFound/Conflict naming the flag.
+
+    Without `template`: the model's chat template when its tokenizer has one, else `plain` (`store`
+    locates an imported model's files). Without `max_source_len`: 3/4 of --max-len."""
     spec = get_method(method)
     method_cfg = spec.make_config(method_flags)
     cfg = TrainConfig.from_dict(train_flags).with_method_defaults(spec)
     check_adapter_name_free(session, name)
     convert = resolve_convert_spec(
         session, dataset=dataset, model=model, template=template, max_len=cfg.max_len,
-        max_source_len=max_source_len,
+        max_source_len=max_source_len, store=store,
     )  # fmt: skip
     ds = session.get_one(Dataset, convert.dataset_id)
     if "train" not in ds.split_counts:

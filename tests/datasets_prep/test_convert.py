@@ -3,6 +3,7 @@ validation, the cache key, the Arrow artifact (loaded by `datasets`), stats, pro
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -80,7 +81,7 @@ def _build(catalog, store, spec, report=None) -> BuiltConversion:
 def test_resolve_spec_and_cache_key(catalog, store, faults):
     spec = _resolve(catalog)
     assert (spec.dataset_ref, spec.template_ref, spec.model_name) == ("faults:1", "plain:1", "tiny")
-    assert (spec.max_len, spec.max_source_len) == (1024, None)
+    assert (spec.max_len, spec.max_source_len) == (2048, 1536)  # one --max-len default; 3/4 for the prompt
     assert len(spec.cache_key) == 64 and spec.tokenizer_sha256
     assert _resolve(catalog, dataset="faults:1").cache_key == spec.cache_key  # stable
     assert ConvertSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
@@ -190,7 +191,8 @@ def test_whole_examples_without_truncation(catalog, store, faults):
 
 
 def test_tiny_max_len_drops_rows(catalog, store, faults):
-    spec = _resolve(catalog, max_len=16)
+    # without a prompt budget (a spec from before the 3/4 default) long prompts leave no answer token
+    spec = dataclasses.replace(_resolve(catalog, max_len=16), max_source_len=None)
     built = _build(catalog, store, spec)
     for split, total in (("train", 40), ("test", 10)):
         assert built.stats[split]["dropped"] == total and built.stats[split]["rows"] == 0

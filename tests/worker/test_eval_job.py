@@ -92,7 +92,8 @@ def test_one_job_loads_the_base_once_and_matches_each_model_alone(evaluable, set
     assert len({tuple(texts[n]) for n in ("base", "f-lora", "f-dora", "f-freeze")}) == 4
 
     for name in ["base", *ADAPTERS]:
-        request = {"bases": ["tiny"]} if name == "base" else {"adapters": [name]}
+        # alone, the base takes its tokenizer's chat template by default; together it took the adapters'
+        request = {"bases": ["tiny"], "template": "plain"} if name == "base" else {"adapters": [name]}
         alone = evaluate(evaluable, settings, store, **request)
         assert alone.result["base_loads"] == (0 if name == "f-full" else 1)
         (ev,) = by_model(evaluable, alone.id).values()
@@ -151,9 +152,9 @@ def test_names_and_defaults_resolve(evaluable, settings, store, tmp_path):
     assert (
         faults.metric == "triple-f1"
         and faults.split == "test"
-        and faults.targets[0].template_ref == "plain:1"
+        and faults.targets[0].template_ref == "chat:1"  # the tiny tokenizer has a chat template
     )
-    assert faults.max_source_len == 2048 and faults.sample is False
+    assert faults.max_source_len == 2048 and faults.sample is False and faults.batch_size == 64
     assert ad.metric == "bleu-rouge-zh" and ad.targets[0].template_ref == "alpaca:1"
     assert EvalSpec.from_json(json.loads(json.dumps(ad.to_json()))) == ad
 

@@ -326,7 +326,9 @@ def test_an_eval_job_stacks_lora_and_evaluates_dora_alone(evaluable, settings, s
     assert len({tuple(t) for t in texts.values()}) == 4
 
     for name in ["tiny (untuned)", *adapters]:
-        request = {"bases": ["tiny"]} if name == "tiny (untuned)" else {"adapters": [name]}
+        request = (
+            {"bases": ["tiny"], "template": "plain"} if name == "tiny (untuned)" else {"adapters": [name]}
+        )
         single = evaluate(evaluable, settings, store, **request)
         assert "shared_batches" not in single.result
         assert _predictions(evaluable, store, single) == {name: texts[name]}, name

@@ -25,8 +25,8 @@ class FreezeConfig:
     """Flags of `--method freeze`."""
 
     layers: int | None = None
-    """Train the last N transformer blocks (--layers). Default: the last 25% of blocks (at least 1),
-    unless --modules alone selects what to train."""
+    """Train the last N transformer blocks (--layers). Default: the last half of the blocks, rounded
+    to the nearest (15 of SmolLM2's 30; at least 1), unless --modules alone selects what to train."""
     modules: tuple[str, ...] = ()
     """Glob patterns over parameter names to train as well (--modules), e.g. "*.mlp.*" or
     "model.embed_tokens.weight"; a comma-separated string is accepted."""
