@@ -1,16 +1,20 @@
-"""Quality and evaluation speed of every method on the two reference tasks, through ft's own jobs.
+"""The quality of every method's default recipe, measured through the product's own commands.
 
-Everything runs through the product's code paths in one process: the GGUF import, dataset
-registration, `train` jobs and `eval` jobs executed by `worker.runner.run_job` (the function a
-Celery worker calls), and the comparison table of `ft adapters compare`. Results are written to
-`$OUT`/`--out` after every job, so a run cut short still reports what it finished.
+Every step is a real `ft` command in a subprocess, as a user would type it: `ft init`, `ft models add`,
+`ft datasets add` (the test file, plus a seeded validation split carved from the training rows), one
+`ft worker` that runs the jobs (`--concurrency` at a time), `ft submit train --method M --name N --seed S`
+with no other flag than what picks the variant (bench/recipes.yaml), and `ft submit eval` at its
+defaults. The protocol of recipes.yaml: candidates and defaults are scored on validation; the
+defaults, at every seed, on test once. The results JSON records the device, versions, git commit,
+the command, the recipes, every job's resolved spec (max_source_len, seed and all) and every score.
 
-    python bench/bench_quality.py --gguf /tmp/smollm2.gguf --data-dir ../shared/data \
-        --home /tmp/ftq --task faults --variants lora,full,freeze
-    python bench/bench_quality.py ... --task adgen --variants lora,qlora
-    python bench/bench_quality.py ... --task speed          # batched vs one-at-a-time, 4 vs 1 adapters
+    python bench/bench_quality.py --gguf /tmp/smollm2.gguf --data ../shared/data --task faults \
+        --home /tmp/ftq --concurrency 4                       # everything in recipes.yaml
+    python bench/bench_quality.py ... --variants lora,full --seeds 42 --no-candidates
+    python bench/bench_quality.py --smoke --model-dir DIR --data tests/data --out /tmp/q.json  # CI
 
-A second call with the same --home reuses what the first one registered and trained.
+The run can be cut and started again with the same --home: what was trained or evaluated is kept, and
+jobs still queued or running are waited for (--budget-s bounds one call; exit code 3: call again).
 """
 
 from __future__ import annotations
@@ -19,345 +23,350 @@ import argparse
 import json
 import os
 import platform
+import signal
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import yaml
 
-COMMON = {
-    "epochs": 4, "batch_size": 16, "grad_accum": 2, "max_len": 2048, "save_steps": 100_000,
-    "logging_steps": 20,
-}  # fmt: skip
-MAX_SOURCE_LEN = 1536
-"""Fault reports run to 2,568 prompt tokens and 1,338 answer tokens with SmolLM2's tokenizer (Chinese is
-about 2 tokens a character): 1536 + the answer keeps all but 11 of the 1,441 training rows whole."""
-RECIPES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
-    # variant: (method, method flags, training flags over COMMON)
-    "freeze": ("freeze", {"layers": 8}, {"lr": 2e-4}),
-    "ptuning": ("ptuning", {"virtual_tokens": 32}, {"lr": 1e-2}),
-    "ptuning-v2": ("ptuning-v2", {"virtual_tokens": 64}, {"lr": 5e-3}),
-    "lora": ("lora", {"rank": 32, "alpha": 64.0}, {"lr": 1e-3}),
-    "lora-dora": ("lora", {"rank": 32, "alpha": 64.0, "dora": True}, {"lr": 1e-3}),
-    "lora-r8": ("lora", {"rank": 8, "alpha": 16.0}, {"lr": 2e-3}),
-    "lora-int8": ("lora", {"rank": 32, "alpha": 64.0, "base_bits": 8}, {"lr": 1e-3}),
-    "qlora": ("qlora", {"rank": 32, "alpha": 64.0}, {"lr": 1e-3}),
-    "full": ("full", {}, {"lr": 5e-5}),
-    # the tuning sweep (issue #4): longer runs, learning rates, freeze depth, prefix length
-    "lora-e8": ("lora", {"rank": 32, "alpha": 64.0}, {"lr": 5e-4, "epochs": 8}),
-    "lora-r64-e8": ("lora", {"rank": 64, "alpha": 128.0}, {"lr": 5e-4, "epochs": 8}),
-    "full-e8": ("full", {}, {"lr": 5e-5, "epochs": 8}),
-    "freeze-l16-e8": ("freeze", {"layers": 16}, {"lr": 1e-4, "epochs": 8}),
-    "freeze-l12-e8": ("freeze", {"layers": 12}, {"lr": 3e-4, "epochs": 8}),
-    "ptuning-v2-vt128-e8": ("ptuning-v2", {"virtual_tokens": 128}, {"lr": 2e-2, "epochs": 8}),
-    "ptuning-v2-proj-e8":
-        ("ptuning-v2", {"virtual_tokens": 64, "prefix_projection": True}, {"lr": 2e-3, "epochs": 8}),
-    "ptuning-vt64-e8": ("ptuning", {"virtual_tokens": 64}, {"lr": 3e-3, "epochs": 8}),
-    "ptuning-vt128-e8": ("ptuning", {"virtual_tokens": 128}, {"lr": 1e-2, "epochs": 8}),
-    "full-lr2e-4": ("full", {}, {"lr": 2e-4}),
-    "lora-lr2e-3": ("lora", {"rank": 32, "alpha": 64.0}, {"lr": 2e-3}),
-    "lora-r64-lr1e-3": ("lora", {"rank": 64, "alpha": 128.0}, {"lr": 1e-3}),
-    "ptuning-e20": ("ptuning", {"virtual_tokens": 64}, {"lr": 1e-2, "epochs": 20}),
-    "ptuning-lstm-e12": ("ptuning", {"virtual_tokens": 64, "encoder": "lstm"}, {"lr": 1e-2, "epochs": 12}),
-    "ptuning-lr3e-2": ("ptuning", {"virtual_tokens": 64}, {"lr": 3e-2, "epochs": 8}),
-    "ptuning-h1024": ("ptuning", {"virtual_tokens": 64, "encoder_hidden": 1024}, {"lr": 1e-2, "epochs": 8}),
-    # next to try for P-Tuning (0.118 at lr 3e-2, 8 epochs; it rose with lr and with training length)
-    "ptuning-lr3e-2-e20": ("ptuning", {"virtual_tokens": 64}, {"lr": 3e-2, "epochs": 20}),
-    "ptuning-lr1e-1": ("ptuning", {"virtual_tokens": 64}, {"lr": 1e-1, "epochs": 8}),
-    "ptuning-lr3e-2-e16": ("ptuning", {"virtual_tokens": 64}, {"lr": 3e-2, "epochs": 16}),
-    "ptuning-lr6e-2-e16": ("ptuning", {"virtual_tokens": 64}, {"lr": 6e-2, "epochs": 16}),
-    # the same recipe with other seeds (P-Tuning's F1 moved from 0.04 to 0.15 between nearby recipes)
-    **{f"ptuning-lr6e-2-e16-s{s}": ("ptuning", {"virtual_tokens": 64}, {"lr": 6e-2, "epochs": 16, "seed": s})
-       for s in (1, 2, 3)},
-}  # fmt: skip
-TASKS = {
-    "faults": {"dataset": "faults", "metric": "triple-f1", "template": "chat", "max_new_tokens": 512},
-    "adgen": {"dataset": "adgen", "metric": "bleu-rouge-zh", "template": "chat", "max_new_tokens": 384},
-}
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = Path(__file__).resolve().parent / "recipes.yaml"
+MODEL = "smollm2"
+UNFINISHED = 3
+"""Exit code when --budget-s ran out before every job finished (call again with the same --home)."""
+SMOKE_TRAIN = ["--max-steps", "2", "--batch-size", "2", "--grad-accum", "1", "--max-len", "256"]
+SMOKE_EVAL = ["--limit", "2", "--max-new-tokens", "8"]
+
+
+def load_recipes(path: Path = RECIPES) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+class Ft:
+    """Runs `ft ...` in a subprocess against one FT_HOME; every command line is recorded."""
+
+    def __init__(self, home: Path, log: list[str]):
+        self.env = {**os.environ, "FT_HOME": str(home), "FT_USER": os.environ.get("FT_USER", "bench")}
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), self.env.get("PYTHONPATH")) if p)
+        self.home, self.log = home, log
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        self.log.append("ft " + " ".join(args))
+        done = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args], env=self.env, capture_output=True, text=True
+        )
+        if check and done.returncode != 0:
+            raise SystemExit(f"ft {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        return done
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args).stdout)
+
+    def start_worker(self, concurrency: int) -> int:
+        """A `ft worker` in its own session (it outlives this process; its pid is kept in FT_HOME)."""
+        pidfile = self.home / "bench-worker.pid"
+        if pidfile.exists() and _alive(int(pidfile.read_text())):
+            return int(pidfile.read_text())
+        log = open(self.home / "bench-worker.log", "ab")
+        cmd = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "worker",
+            "--queues",
+            "cpu,gpu",
+            "--concurrency",
+            str(concurrency),
+        ]
+        self.log.append(" ".join(["ft", *cmd[3:]]))
+        proc = subprocess.Popen(
+            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        pidfile.write_text(str(proc.pid))
+        return proc.pid
+
+    def stop_worker(self) -> None:
+        pidfile = self.home / "bench-worker.pid"
+        if pidfile.exists():
+            pid = int(pidfile.read_text())
+            if _alive(pid):
+                os.killpg(pid, signal.SIGTERM)
+                for _ in range(300):
+                    if not _alive(pid):
+                        break
+                    time.sleep(0.1)
+            pidfile.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie child of this process counts as gone
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
 
 
 class Bench:
-    def __init__(self, home: Path, out: Path):
-        os.environ["FT_HOME"] = str(home)
-        os.environ.setdefault("FT_USER", "bench")
-        from catalog.db import Catalog
-        from catalog.migrate import upgrade
-        from catalog.settings import Settings
-        from catalog.store import ArtifactStore
-        from datasets_prep.templates import seed_builtin_templates
+    def __init__(self, args: argparse.Namespace, recipes: dict[str, Any]):
+        self.args, self.recipes = args, recipes
+        self.task = recipes["tasks"][args.task]
+        args.home.mkdir(parents=True, exist_ok=True)
+        self.state_path = args.home / f"bench-state-{args.task}.json"
+        self.state: dict[str, Any] = (
+            json.loads(self.state_path.read_text()) if self.state_path.exists() else {"jobs": {}}
+        )
+        self.commands: list[str] = self.state.setdefault("commands", [])
+        self.ft = Ft(args.home, self.commands)
 
-        self.settings = Settings.from_env()
-        self.settings.ensure_dirs()
-        self.catalog, self.store = Catalog(self.settings), ArtifactStore(self.settings.artifacts)
-        upgrade(self.catalog.engine)
-        seed_builtin_templates(self.catalog, "bench")
-        self.out = out
-        self.record: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"jobs": []}
+    def save_state(self) -> None:
+        self.state_path.write_text(json.dumps(self.state, indent=1))
 
-    def save(self) -> None:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.out.write_text(json.dumps(self.record, indent=2, ensure_ascii=False, default=str))
+    # ------------------------------------------------------------ setup
 
-    def setup(self, gguf: Path, data: Path) -> None:
-        from sqlalchemy import select
-
-        from catalog.models import BaseModel
-        from datasets_prep.register import add_dataset
-        from worker.base_models import import_gguf
-
-        with self.catalog.session() as s:
-            have = s.scalars(select(BaseModel.id).where(BaseModel.name == "smollm2")).first() is not None
-        if not have:
-            import_gguf(self.catalog, self.store, "smollm2", gguf, "bench")
-        add_dataset(self.catalog, self.store, "faults", data / "fault_triples_train.jsonl", "triples",
-                    test_path=data / "fault_triples_test.jsonl", user="bench")  # fmt: skip
-        add_dataset(self.catalog, self.store, "adgen", data / "adgen_dev.jsonl", "adgen",
-                    splits={"test": 100}, seed=0, user="bench")  # fmt: skip
-
-    def run(self, kind: str, spec: dict[str, Any], label: str) -> dict[str, Any]:
-        from catalog.jobs import create_job, get_job
-        from worker.runner import run_job
-
-        with self.catalog.session() as s:
-            job_id = create_job(s, kind, spec, "bench", queue="gpu", logs_dir=str(self.settings.logs)).id
-        t0 = time.perf_counter()
-        status = run_job(self.catalog, job_id, "bench", store=self.store)
-        seconds = time.perf_counter() - t0
-        with self.catalog.session() as s:
-            job = get_job(s, job_id)
-            entry = {"label": label, "kind": kind, "job": job_id, "status": status,
-                     "seconds": round(seconds, 2), "error": job.error, "result": job.result}  # fmt: skip
-        self.record["jobs"].append(entry)
-        self.save()
-        print(json.dumps(entry, default=str)[:600], flush=True)
-        return entry
-
-    def train(self, task: str, variant: str) -> str:
-        from catalog.adapters import get_adapter
-        from catalog.errors import NotFound
-        from worker.train_spec import resolve_train_spec
-
-        name = f"{task}-{variant}"
-        with self.catalog.session() as s:
-            try:
-                get_adapter(s, name)
-                return name
-            except NotFound:
-                pass
-            method, flags, train = RECIPES[variant]
-            spec = resolve_train_spec(
-                s, name=name, method=method, model="smollm2", dataset=TASKS[task]["dataset"],
-                template=TASKS[task]["template"], method_flags=flags, train_flags={**COMMON, **train},
-                max_source_len=MAX_SOURCE_LEN,
-            )  # fmt: skip
-        self.run("train", spec.to_json(), f"train {name}")
-        return name
-
-    def convert(self, task: str) -> None:
-        """The tokenised dataset every training job of `task` shares (a cache hit when it exists)."""
-        from datasets_prep.convert import resolve_convert_spec
-
-        t = TASKS[task]
-        with self.catalog.session() as s:
-            spec = resolve_convert_spec(
-                s, dataset=t["dataset"], model="smollm2", template=t["template"], max_len=COMMON["max_len"],
-                max_source_len=MAX_SOURCE_LEN,
-            )  # fmt: skip
-        self.run("convert", spec.to_json(), f"convert {task}")
-
-    def evaluate(
-        self, task: str, adapters: list[str], base: bool, label: str, split: str = "test", **kw: Any
-    ) -> dict[str, Any]:
-        from worker.eval_spec import resolve_eval_specs
-
-        t = TASKS[task]
-        with self.catalog.session() as s:
-            (spec,) = resolve_eval_specs(
-                s, self.store, adapters=adapters, bases=["smollm2"] if base else [],
-                dataset=f"{t['dataset']}:{split}", metric=t["metric"],
-                template=t["template"] if base else None,
-                **{"max_new_tokens": t["max_new_tokens"], "limit": t.get("limit"), **kw},
-            )  # fmt: skip
-        return self.run("eval", spec.to_json(), label)
-
-    def compare(self, task: str) -> str:
-        """The table of every adapter of `task` trained in this home so far, with the base."""
-        from catalog.adapters import list_adapters
-        from cli.compare import render_markdown
-        from worker.eval_spec import comparison
-
-        t = TASKS[task]
-        with self.catalog.session() as s:
-            order = {f"{task}-{v}": i for i, v in enumerate(RECIPES)}
-            adapters = sorted((a.name for a in list_adapters(s) if a.name in order), key=order.__getitem__)
-            data = comparison(
-                s, self.store, adapters, dataset=f"{t['dataset']}:test", metric=t["metric"], base=True
+    def setup(self) -> None:
+        a, t = self.args, self.task
+        self.ft("init")
+        if self.ft("models", "show", MODEL, check=False).returncode != 0:
+            self.ft(
+                "models",
+                "add",
+                MODEL,
+                *(["--path", str(a.model_dir)] if a.model_dir else ["--gguf", str(a.gguf)]),
             )
-        self.record.setdefault("compare", {})[task] = data
-        self.record.setdefault("markdown", {})[task] = render_markdown(data)
-        self.save()
-        return self.record["markdown"][task]
+        add = ["datasets", "add", a.task, str(a.data / t["train"]), "--format", t["format"], "--seed", "0"]
+        if t.get("test"):
+            add += ["--test", str(a.data / t["test"])]
+        if t.get("test_rows"):
+            add += ["--split", f"test={t['test_rows']}"]
+        self.ft(*add, "--split", f"validation={t['validation']}")
+
+    # ------------------------------------------------------------ the runs
+
+    def planned(self) -> list[dict[str, Any]]:
+        """Every adapter of this run: the defaults at every seed, the candidates at the first seed."""
+        seeds = self.args.seeds or self.recipes["seeds"]
+        wanted = self.args.variants or list(self.recipes["variants"])
+        plan = []
+        for variant in wanted:
+            spec = self.recipes["variants"][variant]
+            for seed in seeds:
+                plan.append({"variant": variant, "default": True, "seed": seed, **spec})
+        if not self.args.no_candidates:
+            for variant, spec in self.recipes["candidates"].items():
+                if spec["against"] in wanted:
+                    plan.append({"variant": variant, "default": False, "seed": seeds[0], **spec})
+        for entry in plan:
+            entry["name"] = f"{self.args.task}-{entry['variant']}-s{entry['seed']}"
+        return plan
+
+    def submit_training(self, plan: list[dict[str, Any]]) -> None:
+        existing = {a["name"] for a in self.ft.json("adapters", "list", "--json")}
+        for entry in plan:
+            name = entry["name"]
+            if name in existing or name in self.state["jobs"]:
+                continue
+            cmd = ["submit", "train", "--method", entry["method"], *entry.get("flags", []), "-m", MODEL,
+                   "-d", self.args.task, "--name", name, "--seed", str(entry["seed"]), "--json"]  # fmt: skip
+            if self.args.smoke:
+                cmd += SMOKE_TRAIN
+            self.state["jobs"][name] = self.ft.json(*cmd)["id"]
+            self.save_state()
+
+    def submit_evaluations(self, plan: list[dict[str, Any]]) -> None:
+        """One eval job per variant and split (its seeds stack in one pass when they are LoRA adapters);
+        the untuned base rides with the first job of each split."""
+        for split in ("validation", "test"):
+            first = True
+            for variant in dict.fromkeys(e["variant"] for e in plan):
+                members = [e for e in plan if e["variant"] == variant]
+                if split == "test" and not members[0]["default"]:
+                    continue  # candidates are never scored on test
+                key = f"eval {split} {variant}"
+                if key in self.state["jobs"]:
+                    first = False
+                    continue
+                cmd = ["submit", "eval", *(e["name"] for e in members), "--metric", self.task["metric"],
+                       "--dataset", f"{self.args.task}:{split}", "--json"]  # fmt: skip
+                if first:
+                    cmd += ["--base", MODEL]
+                if self.args.smoke:
+                    cmd += SMOKE_EVAL
+                job = self.ft.json(*cmd)
+                self.state["jobs"][key] = job["id"] if isinstance(job, dict) else job[0]["id"]
+                self.save_state()
+                first = False
+
+    def wait(self, names: list[str], deadline: float) -> bool:
+        """Wait for the jobs recorded under `names`; False if the deadline came first."""
+        names = [n for n in names if n in self.state["jobs"]]  # adapters of an earlier run have no job here
+        while True:
+            listed = {j["id"]: j for j in self.ft.json("jobs", "list", "--limit", "100000", "--json")}
+            jobs = {n: listed[self.state["jobs"][n]] for n in names}
+            failed = {n: j["error"] for n, j in jobs.items() if j["status"] in ("failed", "cancelled")}
+            if failed:
+                raise SystemExit(f"jobs failed: {json.dumps(failed, ensure_ascii=False)[:3000]}")
+            if all(j["status"] == "succeeded" for j in jobs.values()):
+                return True
+            if time.monotonic() > deadline:
+                running = {n: j["progress"] for n, j in jobs.items() if j["status"] == "running"}
+                print(f"not finished yet; running: {json.dumps(running)[:1500]}", flush=True)
+                return False
+            time.sleep(10)
+
+    # ------------------------------------------------------------ the report
+
+    def report(self, plan: list[dict[str, Any]]) -> dict[str, Any]:
+        headline = ""
+        scores: dict[str, dict[str, Any]] = {}
+        for entry in plan:
+            evals = self.ft.json("adapters", "evals", entry["name"], "--json")
+            headline = headline or next((ev["headline"] for ev in evals if ev["headline"]), "")
+            adapter = self.ft.json("adapters", "show", entry["name"], "--json")
+            job = self.ft.json("jobs", "show", str(adapter["job_id"]), "--json")
+            scores[entry["name"]] = {
+                **entry,
+                "spec": job["spec"],
+                "train_seconds": adapter.get("train_seconds"),
+                "peak_train_memory_bytes": adapter.get("peak_memory_bytes"),
+                "trainable_params": adapter.get("trainable_params"),
+                "total_params": adapter.get("total_params"),
+                **{ev["split"]: ev["metrics"] for ev in evals if ev["dataset"].startswith(self.args.task)},
+            }
+        base = {}
+        for split in ("validation", "test"):
+            data = self.ft.json("adapters", "compare", plan[0]["name"], "--metric", self.task["metric"],
+                                "--dataset", f"{self.args.task}:{split}", "--base", "--json")  # fmt: skip
+            found = [c for c in data["columns"] if c["kind"] == "base" and c.get("metrics")]
+            if found:
+                base[split] = found[0]["metrics"]
+        rows, selection = [], {}
+        for variant in dict.fromkeys(e["variant"] for e in plan):
+            members = [scores[e["name"]] for e in plan if e["variant"] == variant]
+            row = {"variant": variant, "method": members[0]["method"], "flags": members[0].get("flags", []),
+                   "default": members[0]["default"], "seeds": [m["seed"] for m in members]}  # fmt: skip
+            for split in ("validation", "test"):
+                values = [m[split][headline] for m in members if split in m]
+                if values:
+                    row[split] = {"mean": statistics.fmean(values), "values": values,
+                                  "std": statistics.stdev(values) if len(values) > 1 else 0.0}  # fmt: skip
+            row["train_seconds"] = statistics.fmean(m["train_seconds"] or 0 for m in members)
+            row["peak_train_memory_gib"] = max((m["peak_train_memory_bytes"] or 0) for m in members) / 2**30
+            row["trainable_percent"] = 100 * members[0]["trainable_params"] / members[0]["total_params"]
+            rows.append(row)
+        for cand, spec in self.recipes["candidates"].items():
+            mine = next((r for r in rows if r["variant"] == cand), None)
+            default = next((r for r in rows if r["variant"] == spec["against"]), None)
+            if mine and default and "validation" in mine and "validation" in default:
+                seed42 = default["validation"]["values"][0]
+                value = mine["validation"]["mean"]
+                selection[cand] = {"against": spec["against"], "candidate": value,
+                                   "default_same_seed": seed42, "keep_default": seed42 >= value}  # fmt: skip
+        return {"headline": headline, "adapters": scores, "rows": rows, "base": base, "selection": selection,
+                "markdown": markdown(rows, base, headline)}  # fmt: skip
 
 
-def speed(bench: Bench, task: str, parts: str, four: list[str]) -> None:
-    """Batched generation vs one prompt at a time (the write-up's script; part "batching"), and one eval
-    job of 4 LoRA adapters vs one of 1 on the same trained adapters (part "adapters"), in this process."""
-    if "batching" in parts:
-        speed_batching(bench, task)
-    if "adapters" in parts:
-        speed_adapters(bench, task, four)
-
-
-def speed_batching(bench: Bench, task: str) -> None:
-    import torch
-
-    from datasets_prep.canonical import load_split
-    from datasets_prep.register import get_dataset
-    from datasets_prep.templates import get_template, render_prompt
-    from worker.adapter_io import load_for_inference
-    from worker.base_models import get_base_model, load_tokenizer, model_dir
-    from worker.generation import GenerationConfig, generate, generate_one_at_a_time
-
-    t = TASKS[task]
-    lora = bench.train(task, "lora")
-    with bench.catalog.session() as s:
-        base = get_base_model(s, "smollm2")
-        rows = list(load_split(bench.store, get_dataset(s, t["dataset"]), "test"))
-        tpl = get_template(s, t["template"])
-        from catalog.adapters import get_adapter
-
-        artifact = bench.store.path(get_adapter(s, lora).artifact_uri)
-    tok = load_tokenizer(bench.store, base)
-    prompts = [render_prompt(tpl.kind, tpl.body, r, tok) for r in rows]
-    model = load_for_inference(
-        model_dir(bench.store, base), artifact, "lora", device="cuda", dtype=torch.bfloat16
+def markdown(rows: list[dict[str, Any]], base: dict[str, Any], headline: str) -> str:
+    head = (
+        f"| variant | command flags | seeds | validation {headline} (mean) | test {headline} mean ± std "
+        "| test per seed | train time (s, mean) | peak train mem (GiB) | trainable % |"
     )
-    cfg = GenerationConfig(max_new_tokens=t["max_new_tokens"], batch_size=64, stop_on_repeated_line=True)
-    generate(model, tok, prompts[:4], cfg, add_special_tokens=False)  # warm-up
-    torch.cuda.synchronize()
-    one = generate_one_at_a_time(model, tok, prompts, cfg, add_special_tokens=False)
-    torch.cuda.synchronize()
-    batched = generate(model, tok, prompts, cfg, add_special_tokens=False)
-    torch.cuda.synchronize()
-    same = sum(a == b for a, b in zip(one.texts, batched.texts, strict=True)) / len(prompts)
-    bench.record["generation_speed"] = {
-        "prompts": len(prompts), "one_at_a_time_s": round(one.seconds, 2),
-        "batched_s": round(batched.seconds, 2), "speedup": round(one.seconds / batched.seconds, 2),
-        "batch_size": cfg.batch_size, "identical_fraction": same, "new_tokens_one": one.new_tokens,
-        "new_tokens_batched": batched.new_tokens,
-    }  # fmt: skip
-    bench.save()
-    print(bench.record["generation_speed"], flush=True)
+    lines = [head, "|" + " --- |" * 9]
+    for r in rows:
+        if not r["default"]:
+            continue
+        test, val = r.get("test", {}), r.get("validation", {})
+        flags = " ".join(["--method", r["method"], *r["flags"]])
+        lines.append(
+            f"| {r['variant']} | `{flags}` | "
+            f"{', '.join(map(str, r['seeds']))} | {val.get('mean', float('nan')):.4f} | "
+            f"{test.get('mean', float('nan')):.4f} ± {test.get('std', float('nan')):.4f} | "
+            f"{', '.join(f'{v:.3f}' for v in test.get('values', []))} | {r['train_seconds']:.0f} | "
+            f"{r['peak_train_memory_gib']:.1f} | {r['trainable_percent']:.2f} |"
+        )
+    if base:
+        lines.append(
+            f"| (untuned) | - | - | {base.get('validation', {}).get(headline, float('nan')):.4f} | "
+            f"{base.get('test', {}).get(headline, float('nan')):.4f} | - | - | - | 0 |"
+        )
+    return "\n".join(lines)
 
 
-def speed_adapters(bench: Bench, task: str, variants: list[str]) -> None:
-    """Two eval jobs on the same adapters, timed whole (load, generate, score, register): the first
-    adapter alone, then all four; a warm-up job first so that neither pays for CUDA's start."""
-    four = [bench.train(task, v) for v in variants]
-    bench.evaluate(task, four[:1], False, "speed: warm-up", limit=4)
-    single = bench.evaluate(task, four[:1], False, "speed: eval 1 adapter")
-    multi = bench.evaluate(task, four, False, "speed: eval 4 adapters")
-    bench.record["multi_adapter_speed"] = {
-        "adapters": four, "one_adapter_s": single["seconds"], "four_adapters_s": multi["seconds"],
-        "ratio": round(multi["seconds"] / single["seconds"], 2),
-        "shared_batches": multi["result"].get("shared_batches"),
-        "generation_s": {"one": _gen_seconds(single), "four": _gen_seconds(multi)},
-    }  # fmt: skip
-    bench.save()
-    print(bench.record["multi_adapter_speed"], flush=True)
-
-
-def _gen_seconds(entry: dict[str, Any]) -> float | None:
-    """Seconds spent generating in an eval job (its evaluations' shares summed)."""
-    from catalog.models import Evaluation
-
-    ids = (entry.get("result") or {}).get("evaluation_ids") or []
-    if not ids:
-        return None
-    from catalog.db import Catalog
-    from catalog.settings import Settings
-
-    with Catalog(Settings.from_env()).session() as s:
-        return round(sum(s.get_one(Evaluation, i).seconds for i in ids), 2)
-
-
-def dump_predictions(bench: Bench, task: str, dest: Path) -> None:
-    """Every evaluation's predictions of `task` in one tarball (adapter name as the file name)."""
-    import tarfile
-
-    from catalog.models import Adapter, Evaluation
-
-    with bench.catalog.session() as s, tarfile.open(dest, "w:gz") as tar:
-        for ev in s.query(Evaluation):
-            name = s.get_one(Adapter, ev.adapter_id).name if ev.adapter_id else "base"
-            if name.startswith(f"{task}-") or (name == "base" and ev.metric == TASKS[task]["metric"]):
-                path = bench.store.path(ev.predictions_uri) / "predictions.jsonl"
-                tar.add(path, arcname=f"{name}-{ev.id}.jsonl")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gguf", type=Path, required=True)
-    ap.add_argument("--data-dir", type=Path, required=True)
-    ap.add_argument("--home", type=Path, default=Path("/tmp/ftq"))
-    ap.add_argument("--task", choices=[*TASKS, "speed"], required=True)
-    ap.add_argument("--variants", default="lora")
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--smoke", action="store_true", help="2 steps, 2 rows, 8 tokens: check the script runs")
-    ap.add_argument("--no-base", action="store_true", help="do not evaluate the untuned base")
-    ap.add_argument("--micro-batch", type=int, default=0, help="micro-batch (accumulating to 32)")
-    ap.add_argument("--speed-parts", default="batching,adapters", help="with --task speed")
-    ap.add_argument("--train-rows", type=int, default=0, help="also evaluate on N training rows")
-    ap.add_argument("--predictions", type=Path, help="write every evaluation's predictions here (.tar.gz)")
-    ap.add_argument(
-        "--train-budget", type=float, default=0, help="start no new training after N s (0: no limit)"
-    )
-    args = ap.parse_args()
-    if args.micro_batch:
-        COMMON.update(batch_size=args.micro_batch, grad_accum=max(1, 32 // args.micro_batch))
-    variants = args.variants.split(",")
-    if unknown := [v for v in variants if v not in RECIPES]:
-        ap.error(f"unknown variants {unknown}; known: {', '.join(RECIPES)}")
-    if args.smoke:
-        COMMON.update(max_steps=2, batch_size=2, grad_accum=1)
-        for t in TASKS.values():
-            t.update(max_new_tokens=8, limit=2)
-
+def environment() -> dict[str, Any]:
     import peft
     import torch
     import transformers
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    commit = os.environ.get("FT_COMMIT")
+    if not commit:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        commit = done.stdout.strip() or None
+    return {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },  # fmt: skip
+        "commit": commit,
+    }
+
+
+def main(argv: list[str] | None = None) -> Path | None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gguf", type=Path, help="SmolLM2-135M-Instruct's GGUF file")
+    ap.add_argument("--model-dir", type=Path, help="a model directory instead of --gguf (smoke tests)")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--task", choices=["faults", "adgen"], default="faults")
+    ap.add_argument("--home", type=Path, default=Path("/tmp/ftq"))
+    ap.add_argument("--variants", type=lambda s: s.split(","), help="comma-separated; default: all")
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="default: recipes.yaml")
+    ap.add_argument("--no-candidates", action="store_true", help="only the defaults")
+    ap.add_argument("--concurrency", type=int, default=1, help="jobs the worker runs at once")
+    ap.add_argument("--budget-s", type=float, default=0, help="stop waiting after N s (exit 3; 0: no limit)")
+    ap.add_argument("--keep-worker", action="store_true", help="leave the worker running (for a next call)")
+    ap.add_argument("--smoke", action="store_true", help="2 steps, 2 rows, 8 tokens: check the script runs")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    if not args.gguf and not args.model_dir:
+        ap.error("give --gguf FILE or --model-dir DIR")
+    recipes = load_recipes()
+    if unknown := [v for v in args.variants or [] if v not in recipes["variants"]]:
+        ap.error(f"unknown variants {unknown}; recipes.yaml has {', '.join(recipes['variants'])}")
+    bench = Bench(args, recipes)
+    deadline = time.monotonic() + (args.budget_s or 1e9)
+    bench.setup()
+    plan = bench.planned()
+    bench.ft.start_worker(args.concurrency)
+    try:
+        bench.submit_training(plan)
+        if not bench.wait([e["name"] for e in plan], deadline):
+            return None
+        bench.submit_evaluations(plan)
+        if not bench.wait([k for k in bench.state["jobs"] if k.startswith("eval ")], deadline):
+            return None
+    finally:
+        if not args.keep_worker:
+            bench.ft.stop_worker()
     out = args.out or Path(os.environ.get("OUT", ROOT / "bench" / "results")) / f"quality-{args.task}.json"
-    bench = Bench(args.home, out)
-    bench.record.update(
-        command=" ".join(sys.argv), device=device,
-        versions={"python": platform.python_version(), "torch": torch.__version__,
-                  "transformers": transformers.__version__, "peft": peft.__version__},
-        recipes={v: RECIPES[v] for v in RECIPES}, common=COMMON, tasks=TASKS,
-    )  # fmt: skip
-    bench.setup(args.gguf, args.data_dir)
-    if args.task == "speed":
-        speed(bench, "faults", args.speed_parts, variants)
-        return
-    bench.convert(args.task)
-    began, names = time.monotonic(), []
-    for v in variants:
-        if args.train_budget and time.monotonic() - began > args.train_budget:
-            bench.record.setdefault("not_trained", []).append(v)
-            continue
-        names.append(bench.train(args.task, v))
-    bench.evaluate(
-        args.task, names, not args.no_base, f"eval {args.task}: {len(names)} adapters", batch_size=64
-    )  # fmt: skip
-    print(bench.compare(args.task), flush=True)
-    if args.train_rows:  # memorised or not: tells under-fitting from a train/eval mismatch
-        bench.evaluate(args.task, names, False, "eval on training rows", split="train", limit=args.train_rows)
-    if args.predictions:
-        dump_predictions(bench, args.task, args.predictions)
+    record = {
+        "command": " ".join(["python", "bench/bench_quality.py", *(sys.argv[1:] if argv is None else argv)]),
+        **environment(), "task": args.task, "task_settings": bench.task, "recipes": recipes,
+        "concurrency": args.concurrency, "smoke": args.smoke, "ft_commands": bench.commands,
+        **bench.report(plan),
+    }  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    print(record["markdown"], flush=True)
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(UNFINISHED if main() is None else 0)

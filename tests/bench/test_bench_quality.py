@@ -1,0 +1,85 @@
+"""bench/bench_quality.py, which produced every quality claim of the README: its recipes are the
+product's defaults, and a smoke run goes through the real commands (ft datasets add with a validation
+split, a real `ft worker`, ft submit train / eval) and reports validation and test scores."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli.methods import method_json
+from datasets_prep.lengths import default_max_source_len
+from datasets_prep.templates import CHAT
+from tests.bench.test_bench_scripts import _load
+from tests.conftest import DATA
+from worker.eval_spec import DEFAULT_BATCH_SIZE, EvalSpec
+from worker.methods import METHODS
+from worker.train_config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def recipes():
+    return _load("bench_quality").load_recipes()
+
+
+def test_the_recipes_are_the_defaults_of_ft_methods_list(recipes):
+    defaults = recipes["defaults"]
+    assert sorted(defaults["methods"]) == sorted(METHODS)
+    for name, expected in defaults["methods"].items():
+        shown = method_json(name)
+        shown = json.loads(json.dumps(shown))  # as `ft methods list --json` prints it (tuples are lists)
+        assert {k: shown[k] for k in ("lr", "epochs", "optimizer", "flags")} == expected, name
+    train, cfg = defaults["train"], TrainConfig()
+    assert (train["batch_size"], train["grad_accum"], train["max_len"]) == (
+        cfg.batch_size,
+        cfg.grad_accum,
+        cfg.max_len,
+    )
+    assert train["max_source_len"] == default_max_source_len(cfg.max_len) and train["template"] == CHAT
+    fields = EvalSpec.__dataclass_fields__
+    assert defaults["eval"]["batch_size"] == DEFAULT_BATCH_SIZE
+    assert defaults["eval"]["max_new_tokens"] == fields["max_new_tokens"].default
+    assert defaults["eval"]["max_source_len"] == fields["max_source_len"].default
+
+
+def test_variants_and_candidates_name_only_flags_of_ft_submit_train(recipes):
+    from cli.main import cli
+
+    train = cli.commands["submit"].commands["train"]
+    flags = {opt for p in train.params for opt in p.opts}
+    for name, spec in {**recipes["variants"], **recipes["candidates"]}.items():
+        assert spec["method"] in METHODS, name
+        assert all(f in flags for f in spec.get("flags", []) if f.startswith("--")), name
+    assert all(c["against"] in recipes["variants"] for c in recipes["candidates"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_smoke_run_through_the_real_commands(tiny_model_dir, tmp_path, monkeypatch):
+    bench = _load("bench_quality")
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    out = bench.main([
+        "--smoke", "--model-dir", str(tiny_model_dir), "--data", str(DATA), "--home", str(tmp_path / "home"),
+        "--variants", "lora", "--seeds", "42,1", "--out", str(tmp_path / "q.json"),
+    ])  # fmt: skip
+    record = json.loads(out.read_text(encoding="utf-8"))
+    assert record["smoke"] and record["commit"] and record["device"] == "cpu" and record["versions"]["peft"]
+    names = sorted(record["adapters"])
+    assert names == ["faults-lora-lr1e-3-s42", "faults-lora-s1", "faults-lora-s42"]
+    for adapter in record["adapters"].values():
+        assert "validation" in adapter and adapter["spec"]["convert"]["max_source_len"] == 192  # 3/4 of 256
+        assert ("test" in adapter) == adapter["default"]  # candidates are never scored on test
+        assert (
+            adapter["spec"]["train"]["seed"] == adapter["seed"]
+            and adapter["spec"]["template_ref"] == "chat:1"
+        )
+    (row,) = [r for r in record["rows"] if r["variant"] == "lora"]
+    assert row["seeds"] == [42, 1] and len(row["test"]["values"]) == 2 and row["test"]["std"] >= 0
+    assert set(record["selection"]) == {"lora-lr1e-3"} and set(record["base"]) == {"validation", "test"}
+    assert "| lora | `--method lora` | 42, 1 |" in record["markdown"]
+    assert any(
+        c.startswith("ft datasets add faults") and "--split validation=0.1" in c
+        for c in record["ft_commands"]
+    )
+    assert any(c.startswith("ft worker ") for c in record["ft_commands"])
