@@ -216,9 +216,10 @@ class Bench:
             listed = {j["id"]: j for j in self.ft.json("jobs", "list", "--limit", "100000", "--json")}
             jobs = {n: listed[self.state["jobs"][n]] for n in names}
             failed = {n: j["error"] for n, j in jobs.items() if j["status"] in ("failed", "cancelled")}
-            if failed:
-                raise SystemExit(f"jobs failed: {json.dumps(failed, ensure_ascii=False)[:3000]}")
-            if all(j["status"] == "succeeded" for j in jobs.values()):
+            self.state["failed"] = {**self.state.get("failed", {}), **failed}
+            if all(j["status"] in ("succeeded", "failed", "cancelled") for j in jobs.values()):
+                if failed:  # reported with the results; the other jobs' results still count
+                    print(f"jobs failed: {json.dumps(failed, ensure_ascii=False)[:3000]}", flush=True)
                 return True
             if time.monotonic() > deadline:
                 running = {n: j["progress"] for n, j in jobs.items() if j["status"] == "running"}
@@ -356,6 +357,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         bench.submit_training(plan)
         if not bench.wait([e["name"] for e in plan], deadline):
             return None
+        plan = [e for e in plan if e["name"] not in bench.state.get("failed", {})]
         bench.submit_evaluations(plan)
         if not bench.wait([k for k in bench.state["jobs"] if k.startswith("eval ")], deadline):
             return None
@@ -367,6 +369,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         "command": " ".join(["python", "bench/bench_quality.py", *(sys.argv[1:] if argv is None else argv)]),
         **environment(), "task": args.task, "task_settings": bench.task, "recipes": recipes,
         "concurrency": args.concurrency, "smoke": args.smoke, "ft_commands": bench.commands,
+        "failed": bench.state.get("failed", {}),
         **bench.report(plan),
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
