@@ -1,10 +1,11 @@
-"""cuDNN attention against the kernels ft allows (worker/attention.py), in decoding and in training, in
+"""cuDNN attention against the kernels ft allows (worker/models/attention.py), in decoding and in training, in
 one process.
 
-Decoding: ft's batched generation (worker/generation.py) on the same prompts, once with PyTorch free to
+Decoding: ft's batched generation (worker/evaluation/generation.py) on the same prompts, once with PyTorch
+free to
 pick cuDNN attention (the baseline) and once as ft runs it. Training: forward + backward of bf16-autocast
 full fine-tuning over the same right-padded micro-batches of real training rows (padded to a multiple of
-8, as worker/trainer.py does), each variant twice: a cold pass (new shapes: cuDNN builds its graphs) and
+8, as worker/train/engine.py does), each variant twice: a cold pass (new shapes: cuDNN builds its graphs) and
 a warm pass (every shape seen). Gradients are dropped after each micro-batch, so the weights never change.
 
     python bench/bench_attention.py --model DIR --train ../shared/data/fault_triples_train.jsonl \\
@@ -31,8 +32,8 @@ from bench_generation import DTYPES, device_name, load_prompts, render  # noqa: 
 
 import worker.generation as generation  # noqa: E402
 from datasets_prep.rows import Row  # noqa: E402
-from worker.attention import without_cudnn_attention  # noqa: E402
-from worker.batching import IGNORE, collate, load_rows  # noqa: E402
+from worker.models.attention import without_cudnn_attention  # noqa: E402
+from worker.train.batching import IGNORE, collate, load_rows  # noqa: E402
 
 
 def decode(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, cudnn: bool) -> dict[str, Any]:

@@ -4,7 +4,7 @@ eager decoding step.
 
 Why: on the H100 a decoding step of SmolLM2-135M took 38 ms in fp32 and 91 ms in bf16 (batch 16,
 bench/results/generation-*.json). This profile found cuDNN attention re-planning on every step (now
-left out: worker/attention.py). `--end-to-end N` also times a whole evaluation's generation (every
+left out: worker/models/attention.py). `--end-to-end N` also times a whole evaluation's generation (every
 prompt of --data, batches of 16) each way, the static cache's compiles included.
 
     python bench/bench_decode_step.py --model DIR --data ../shared/data/fault_triples_test.jsonl \\
@@ -27,8 +27,8 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generation import DTYPES, device_name, load_model, load_prompts  # noqa: E402
 
-from worker.attention import without_cudnn_attention  # noqa: E402
-from worker.generation import GenerationConfig, generate  # noqa: E402
+from worker.evaluation.generation import GenerationConfig, generate  # noqa: E402
+from worker.models.attention import without_cudnn_attention  # noqa: E402
 
 
 def timed_generate(model: Any, tok: Any, prompts: list[str], cfg: GenerationConfig, device: str) -> dict:

@@ -1,4 +1,5 @@
-"""Benchmark batched generation (worker/generation.py) against one prompt at a time, in one process.
+"""Benchmark batched generation (worker/evaluation/generation.py) against one prompt at a time, in one
+process.
 
 Loads a model directory (and optionally a peft adapter), renders each row of a jsonl file as
 instruction + input, warms up, then generates for the same prompts twice: one `model.generate` per
@@ -31,7 +32,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from datasets_prep.rows import Row
-from worker.generation import GenerationConfig, GenerationResult, generate, generate_one_at_a_time
+from worker.evaluation.generation import GenerationConfig, GenerationResult, generate, generate_one_at_a_time
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fault_triples_test.jsonl"

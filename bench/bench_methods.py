@@ -1,7 +1,7 @@
 """Train every method on the fault-report data and record the write-up's cost columns.
 
 For each variant (freeze, ptuning, ptuning-v2, lora, lora --dora, lora --base-bits 8, qlora, full)
-this runs ft's real recipe (`worker.trainer.run_training`) on SmolLM2-135M-Instruct, imported from
+this runs ft's real recipe (`worker.train.recipe.run_training`) on SmolLM2-135M-Instruct, imported from
 its GGUF through ft's own importer, on the data tokenised by ft's own conversion, for a short run,
 in one process, and writes one JSON with per method: peak training memory, trainable / total
 parameters, trainable %, training time, tokens/s, first and last loss.
@@ -47,6 +47,7 @@ def prepare_data(home: Path, gguf: Path, data: Path, max_len: int):
     from catalog.migrate import upgrade
     from catalog.settings import Settings
     from catalog.store import ArtifactStore
+    from catalog.templates import get_template
     from datasets_prep.convert import (
         build_conversion,
         load_tokenized,
@@ -54,8 +55,10 @@ def prepare_data(home: Path, gguf: Path, data: Path, max_len: int):
         resolve_convert_spec,
     )
     from datasets_prep.register import add_dataset
-    from datasets_prep.templates import get_template, seed_builtin_templates
-    from worker.base_models import import_gguf, load_tokenizer, model_dir
+    from datasets_prep.templates import seed_builtin_templates
+    from worker.models.directories import model_dir
+    from worker.models.directories import tokenizer_of as load_tokenizer
+    from worker.models.gguf import import_gguf
 
     settings = Settings.from_env()
     settings.ensure_dirs()
@@ -92,8 +95,9 @@ def main() -> None:
     import transformers
 
     from worker.methods import get_method
-    from worker.train_config import TrainConfig
-    from worker.trainer import TrainPaths, run_training
+    from worker.train.config import TrainConfig
+    from worker.train.engine import TrainPaths
+    from worker.train.recipe import run_training
 
     home = Path(tempfile.mkdtemp(prefix="ft-bench-"))
     base_dir, train_data, import_s, stats = prepare_data(home, args.gguf, args.data, args.max_len)
@@ -102,10 +106,11 @@ def main() -> None:
     results = []
     for variant in args.methods.split(","):
         method, flags = VARIANTS[variant]
+        registered = get_method(method)
         cfg = TrainConfig(
-            epochs=1, max_steps=args.max_steps, batch_size=args.batch_size, max_len=args.max_len,
-            save_steps=10_000, logging_steps=10,
-        )  # fmt: skip
+            epochs=1, max_steps=args.max_steps, batch_size=args.batch_size, save_steps=10_000,
+            logging_steps=10,
+        ).with_method_defaults(registered)  # fmt: skip
         row = {"variant": variant, "method": method, "flags": flags}
         try:
             if cuda:
@@ -113,7 +118,7 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.time()
             model, result, counts = run_training(
-                base_dir, train_data, method, get_method(method).make_config(flags), cfg,
+                base_dir, train_data, registered, registered.make_config(flags), cfg,
                 TrainPaths(checkpoints=home / "ckpt" / variant),
             )  # fmt: skip
             row.update(

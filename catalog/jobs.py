@@ -147,15 +147,24 @@ def heartbeat(
     if progress is not None:
         values["progress"] = progress
     with catalog.session() as s:
-        res = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        if res.rowcount != 1:
-            raise LeaseLost(f"job {job_id} is no longer leased by {owner}")
+        _update_leased(s, job_id, owner, values)
         return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def _update_leased(
+    session: Session, job_id: int, owner: str, values: dict[str, Any], *, strict: bool = True
+) -> bool:
+    """The one guarded UPDATE of a running job: applied only while `owner` holds its lease. Returns
+    whether it applied; with `strict`, raises LeaseLost when it did not."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1 and strict:
+        raise LeaseLost(f"job {job_id} is no longer leased by {owner}")
+    return res.rowcount == 1
 
 
 def finish_job(
@@ -184,25 +193,14 @@ def finish_job(
         values["result"] = result
     if progress is not None:
         values["progress"] = progress
-    res = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if res.rowcount != 1:
-        raise LeaseLost(f"job {job_id} is no longer leased by {owner}")
+    _update_leased(session, job_id, owner, values)
 
 
 def release_job(catalog: Catalog, job_id: int, owner: str) -> None:
     """Give a running job back to the queue without counting it as a failure (worker shutdown)."""
+    values = {"status": "queued", "lease_owner": None, "lease_expires_at": None, "attempts": Job.attempts - 1}
     with catalog.session() as s:
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
-            .values(status="queued", lease_owner=None, lease_expires_at=None, attempts=Job.attempts - 1)
-            .execution_options(synchronize_session=False)
-        )
+        _update_leased(s, job_id, owner, values, strict=False)
 
 
 def request_cancel(session: Session, job_id: int) -> Job:

@@ -44,7 +44,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's contents (a directory: its entries) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -103,13 +104,13 @@ class ArtifactStore:
             size = file.stat().st_size
             entries.append({"path": rel, "sha256": sha256_file(file), "size": size})
             total += size
-            _fsync_path(file)
+            fsync_path(file)
         manifest = json.dumps({"files": entries}, indent=1, sort_keys=True).encode()
         digest = hashlib.sha256(manifest).hexdigest()
         (staged / MANIFEST).write_bytes(manifest)
-        _fsync_path(staged / MANIFEST)
+        fsync_path(staged / MANIFEST)
         for d in sorted({p.parent for p in staged.rglob("*")}, key=lambda p: len(p.parts), reverse=True):
-            _fsync_path(d)
+            fsync_path(d)
         final = self.root / kind / digest
         final.parent.mkdir(parents=True, exist_ok=True)
         artifact = StoredArtifact(uri=f"{kind}/{digest}", sha256=digest, size_bytes=total, files=len(entries))
@@ -120,7 +121,7 @@ class ArtifactStore:
         moved = staged.with_name(staged.name + ".done")
         os.rename(staged, moved)  # keep the staging context's cleanup from removing the result
         os.rename(moved, final)
-        _fsync_path(final.parent)
+        fsync_path(final.parent)
         staged.mkdir()  # the staging context removes this empty directory
         return artifact
 

@@ -168,8 +168,8 @@ def export(app: AppContext, name: str, dest: Path, merge: bool) -> None:
     if problems:
         raise InvalidInput(f"adapter {name} artifact is damaged: {'; '.join(problems)}")
     if merge:
-        from worker.adapter_io import merge_to_dir
-        from worker.base_models import model_dir
+        from worker.methods.saving import merge_to_dir
+        from worker.models.directories import model_dir
 
         merge_to_dir(model_dir(app.store, base), src, dest, method=method)
         click.echo(f"merged {name} into {base.name}: {dest}")

@@ -10,7 +10,7 @@ import click
 from cli.adapters import adapters
 from cli.context import AppContext, pass_app
 from cli.output import human_bytes, human_count, human_seconds, print_json, print_table, when
-from cli.submit_eval import METRIC_NAMES
+from worker.evaluation.metrics import METRICS
 
 
 def _number(value: Any) -> str:
@@ -86,7 +86,7 @@ def render_text(data: dict[str, Any]) -> str:
 )
 @click.option(
     "--metric",
-    type=click.Choice(METRIC_NAMES),
+    type=click.Choice(sorted(METRICS)),
     help="[default: that of the newest of these evaluations, else as `ft submit eval`]",
 )
 @click.option("--base", is_flag=True, help="Add the untuned base model as the first column.")
@@ -117,7 +117,7 @@ def compare(
         ft adapters compare faults-lora -d faults --metric triple-f1 --evaluate --json
     """
     from catalog.errors import InvalidInput
-    from worker.eval_spec import comparison
+    from worker.evaluation.compare import comparison
 
     if as_json and markdown:
         raise InvalidInput("--json and --markdown exclude each other: choose one")
@@ -147,7 +147,7 @@ def compare(
 def _evaluate_missing(app: AppContext, data: dict[str, Any]) -> None:
     from cli.follow import follow_job, raise_unless_succeeded
     from cli.submit import enqueue
-    from worker.eval_spec import resolve_eval_specs
+    from worker.resolve import resolve_eval_specs
 
     with app.catalog.session() as s:
         specs = resolve_eval_specs(
@@ -177,7 +177,7 @@ def evals(app: AppContext, name: str, as_json: bool) -> None:
     from catalog.adapters import get_adapter
     from catalog.evaluations import list_evaluations
     from catalog.models import Dataset, PromptTemplate
-    from worker.metrics import METRICS
+    from worker.evaluation.metrics import METRICS
 
     with app.catalog.session() as s:
         adapter = get_adapter(s, name)

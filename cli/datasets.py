@@ -12,13 +12,14 @@ from typing import Any
 
 import click
 
+from catalog.datasets import get_dataset, list_datasets, remove_dataset
 from catalog.errors import InvalidInput
 from catalog.models import Dataset
 from cli.context import AppContext, pass_app
 from cli.output import print_json, print_table, when
 from datasets_prep.canonical import load_split
 from datasets_prep.formats import AUTO, names
-from datasets_prep.register import add_dataset, get_dataset, list_datasets, remove_dataset
+from datasets_prep.register import add_dataset
 from datasets_prep.split import parse_split
 from datasets_prep.validate import MAX_SHOWN, shorten
 

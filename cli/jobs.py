@@ -124,7 +124,7 @@ def logs(app: AppContext, job_id: int, follow: bool) -> None:
         ft jobs logs 7
         ft jobs logs -f 7
     """
-    from worker.logs import log_path
+    from worker.jobs.logs import log_path
 
     with app.catalog.session() as s:
         job = get_job(s, job_id)
@@ -165,7 +165,8 @@ def retry(app: AppContext, job_id: int) -> None:
     Example:
         ft jobs retry 7
     """
-    from worker.celery_app import make_celery, send_or_fail
+    from worker.jobs.celery_app import make_celery
+    from worker.jobs.messages import send_or_fail
 
     with app.catalog.session() as s:
         job = retry_job(s, job_id)

@@ -1,6 +1,6 @@
 """`ft methods list`: the registered training methods and the defaults `ft submit train` uses for each.
 
-The defaults are the tuned settings of the quality sweep (see worker/train_config.py); a user asking
+The defaults are the tuned settings of the quality sweep (see worker/train/config.py); a user asking
 "what does --method ptuning-v2 do if I give no flags" gets the answer here instead of in the source.
 """
 
@@ -18,7 +18,7 @@ from cli.output import print_json, print_table
 def method_json(name: str) -> dict[str, Any]:
     """One method's registry entry: what it saves, its training defaults and its flags' defaults."""
     from worker.methods import get_method
-    from worker.train_config import TrainConfig
+    from worker.train.config import TrainConfig
 
     method = get_method(name)
     train = TrainConfig().with_method_defaults(method)
@@ -26,7 +26,7 @@ def method_json(name: str) -> dict[str, Any]:
     summary = ((module.__doc__ if module else "") or "").strip().split("\n\n")[0]
     return {
         "name": name,
-        "artifact": method.artifact,
+        "artifact": method.artifact.kind,
         "lr": train.lr,
         "epochs": train.epochs,
         "optimizer": train.optimizer,

@@ -51,7 +51,8 @@ def add(
         ft models add smol --gguf SmolLM2-135M-Instruct.Q4_1.gguf
         ft models add qwen --hub Qwen/Qwen2.5-0.5B-Instruct --revision 7ae557604adf
     """
-    from worker import base_models
+    from worker.models.gguf import import_gguf
+    from worker.models.registration import register_hub, register_path
 
     if sum(x is not None for x in (path, gguf, hub)) != 1:
         raise InvalidInput("give exactly one of --path DIR, --gguf FILE or --hub ORG/NAME")
@@ -62,15 +63,15 @@ def add(
     user = app.settings.user
     if gguf is not None:
         say = lambda msg: click.echo(msg, err=True)  # noqa: E731
-        model = base_models.import_gguf(app.catalog, app.store, name, gguf, user, report=say)
+        model = import_gguf(app.catalog, app.store, name, gguf, user, report=say)
     else:
         with app.catalog.session() as s:
             if path is not None:
-                model = base_models.register_path(
+                model = register_path(
                     s, name, path, user, trust_remote_code=trust_remote_code, revision=revision
                 )
             else:
-                model = base_models.register_hub(s, name, hub or "", user, revision=revision)
+                model = register_hub(s, name, hub or "", user, revision=revision)
     click.echo(f"Added base model {model.name} ({model.source}): {_summary(model)}")
 
 
@@ -85,7 +86,7 @@ def list_(app: AppContext, as_json: bool) -> None:
         ft models list
         ft models list --json
     """
-    from worker.base_models import list_base_models
+    from catalog.base_models import list_base_models
 
     with app.catalog.session() as s:
         rows = list_base_models(s)
@@ -121,7 +122,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
         ft models show smol
         ft models show smol --json
     """
-    from worker.base_models import get_base_model
+    from catalog.base_models import get_base_model
 
     with app.catalog.session() as s:
         data = model_json(get_base_model(s, name))

@@ -61,7 +61,8 @@ def running_worker(app: AppContext, log: Path) -> Iterator[subprocess.Popen]:
 
 
 def _ensure_model(app: AppContext) -> str:
-    from worker.base_models import fetch_smollm2_gguf, get_base_model, import_gguf
+    from catalog.base_models import get_base_model
+    from worker.models.gguf import fetch_smollm2_gguf, import_gguf
 
     with app.catalog.session() as s:
         try:
@@ -120,7 +121,7 @@ def quickstart(app: AppContext, max_steps: int | None) -> None:
     """  # fmt: skip
     from catalog.migrate import upgrade
     from datasets_prep.templates import seed_builtin_templates
-    from worker.train_spec import resolve_train_spec
+    from worker.resolve import resolve_train_spec
 
     started = time.time()
     app.settings.ensure_dirs()
@@ -135,29 +136,28 @@ def quickstart(app: AppContext, max_steps: int | None) -> None:
         from cli.submit_train import default_adapter_name
 
         name = default_adapter_name(app, DATASET_NAME, "lora")
-        train_flags = {"epochs": 2, "batch_size": 4, "grad_accum": 1, "max_len": 384, "lr": 1e-3,
-                       "save_steps": 10, "logging_steps": 2, "warmup_ratio": 0.1}  # fmt: skip
+        train_flags = {"epochs": 2, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "save_steps": 10,
+                       "logging_steps": 2, "warmup_ratio": 0.1}  # fmt: skip
         if max_steps:
             train_flags["max_steps"] = max_steps
         with app.catalog.session() as s:
             spec = resolve_train_spec(
-                s, name=name, method="lora", model=MODEL_NAME, dataset=DATASET_NAME,
+                s, name=name, method="lora", model=MODEL_NAME, dataset=DATASET_NAME, max_len=384,
                 method_flags={"rank": 16, "alpha": 32.0}, train_flags=train_flags, store=app.store,
             )  # fmt: skip
         _say(5, f"convert: tokenising with the model's tokenizer (template {spec.template_ref})")
-        from datasets_prep.convert import ConvertSpec, find_conversion
+        from catalog.conversions import find_conversion
 
-        convert = ConvertSpec.from_json(spec.convert)
         with app.catalog.session() as s:
-            cached = find_conversion(s, convert.cache_key)
+            cached = find_conversion(s, spec.data.cache_key)
         if cached is None:
-            _submit(app, "convert", spec.convert)
+            _submit(app, "convert", spec.data.to_json())
         else:
             click.echo(f"      cache hit: conversion {cached.id}", err=True)
         _say(6, f"train: LoRA r16 on {spec.dataset_ref} -> adapter {name}")
         _submit(app, "train", spec.to_json())
         _say(7, f"evaluate: the untuned base and {name} on the {TEST_ROWS} test rows (triple-f1)")
-        from worker.eval_spec import resolve_eval_specs
+        from worker.resolve import resolve_eval_specs
 
         with app.catalog.session() as s:
             (evaluation,) = resolve_eval_specs(
@@ -168,7 +168,7 @@ def quickstart(app: AppContext, max_steps: int | None) -> None:
     _say(8, "adapter registered, compared with the untuned base:")
     from cli.adapters import show
     from cli.compare import render_text
-    from worker.eval_spec import comparison
+    from worker.evaluation.compare import comparison
 
     click.get_current_context().invoke(show, name=name, as_json=False)
     with app.catalog.session() as s:

@@ -24,7 +24,7 @@ from cli.context import AppContext, pass_app
 from cli.follow import follow_job, job_dict, raise_unless_succeeded
 from cli.output import print_json
 from datasets_prep.lengths import DEFAULT_MAX_LEN
-from worker.queues import MAX_PRIORITY, QUEUES
+from worker.jobs.queues import MAX_PRIORITY, QUEUES
 
 
 @click.group()
@@ -70,7 +70,8 @@ def enqueue(app: AppContext, kind: str, spec: dict[str, Any], *, queue: str, pri
     """Commit a `queued` job with `spec`, then send its message (a job that cannot be sent is
     marked failed, and ServiceUnavailable names the broker)."""
     from catalog.jobs import create_job
-    from worker.celery_app import make_celery, send_or_fail
+    from worker.jobs.celery_app import make_celery
+    from worker.jobs.messages import send_or_fail
 
     settings = app.settings
     with app.catalog.session() as s:
@@ -144,7 +145,8 @@ def convert(
         ft submit convert faults --model smol
         ft submit convert faults:2 --model smol --template alpaca --max-len 512 --wait
     """
-    from datasets_prep.convert import find_conversion, resolve_convert_spec
+    from catalog.conversions import find_conversion
+    from datasets_prep.convert import resolve_convert_spec
 
     with app.catalog.session() as s:
         spec = resolve_convert_spec(

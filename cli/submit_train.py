@@ -17,17 +17,21 @@ import yaml
 
 from catalog.errors import InvalidInput
 from cli.context import AppContext, pass_app
+from cli.flags import apply, dataclass_options
 from cli.submit import enqueue, report_submitted, submit, submit_options
-from datasets_prep.lengths import DEFAULT_MAX_LEN
 
-METHOD_NAMES = ("freeze", "ptuning", "ptuning-v2", "lora", "qlora", "full")
-"""Shown in --help without importing torch; a test checks it against the registry."""
-JOB_KEYS = ("method", "model", "dataset", "template", "name", "max_source_len")
+DATA_KEYS = ("max_len", "max_source_len")
+"""Fields of the data spec (datasets_prep.spec.ConvertSpec) that are flags of `ft submit train`."""
+JOB_KEYS = ("method", "model", "dataset", "template", "name", *DATA_KEYS)
 
 
 def _options(f: Any) -> Any:
+    from datasets_prep.spec import ConvertSpec
+    from worker.methods import METHODS
+    from worker.train.config import TrainConfig
+
     opts = [
-        click.option("--method", type=click.Choice(METHOD_NAMES), help="Training method."),
+        click.option("--method", type=click.Choice(sorted(METHODS)), help="Training method."),
         click.option("--model", "-m", help="Base model (`ft models list`)."),
         click.option("--dataset", "-d", help="Dataset, NAME or NAME:VERSION; its `train` split is used."),
         click.option("--template", "-t", help="Prompt template, NAME or NAME:VERSION  [default: chat if the "
@@ -37,35 +41,11 @@ def _options(f: Any) -> Any:
                      help="YAML file of flat keys (any flag's name with _); flags override it."),
         click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Set any option, e.g. -o warmup_ratio=0.1 -o scheduler=linear (repeatable)."),
-        # shared hyper-parameters
-        click.option("--epochs", type=int, help="Passes over the train split  [default: per method]"),
-        click.option("--max-steps", type=int, help="Stop after N optimizer steps."),
-        click.option("--lr", type=float, help="Peak learning rate  [default: per method]"),
-        click.option("--batch-size", type=int, help="Examples per micro-batch  [default: 8]"),
-        click.option("--grad-accum", type=int, help="Micro-batches per optimizer step  [default: 4]"),
-        click.option("--max-len", type=int, help=f"Tokens per example  [default: {DEFAULT_MAX_LEN}]"),
-        click.option("--max-source-len", type=int, help="Prompt tokens kept  [default: 3/4 of --max-len]"),
-        click.option("--seed", type=int, help="Seed of init, data order, dropout  [default: 42]"),
-        click.option("--save-steps", type=int, help="Checkpoint every N steps  [default: 200]"),
-        click.option("--eval-split", help="Split whose loss is measured during training."),
-        click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
-                     help="Recompute activations: far less memory, ~30% slower."),
-        # method flags
-        click.option("--layers", type=int, help="freeze: train the last N blocks."),
-        click.option("--modules", help="freeze: comma-separated glob patterns of parameters to train."),
-        click.option("--virtual-tokens", type=int, help="ptuning, ptuning-v2: prompt length."),
-        click.option("--prefix-projection/--no-prefix-projection", default=None,
-                     help="ptuning-v2: reparameterise prefixes through an MLP."),
-        click.option("--rank", type=int, help="lora, qlora: rank r."),
-        click.option("--alpha", type=float, help="lora, qlora: scale numerator (alpha / r)."),
-        click.option("--dropout", type=float, help="lora, qlora: adapter dropout."),
-        click.option("--target", help='lora, qlora: "all-linear" or module names, e.g. q_proj,v_proj.'),
-        click.option("--dora/--no-dora", default=None, help="lora, qlora: weight-decomposed LoRA."),
-        click.option("--base-bits", type=click.Choice(["8"]), help="lora: int8 base (bitsandbytes)."),
+        *dataclass_options([(None, ConvertSpec)], only=DATA_KEYS),
+        *dataclass_options([(None, TrainConfig)]),
+        *dataclass_options((name, method.config) for name, method in sorted(METHODS.items())),
     ]  # fmt: skip
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    return apply(opts, f)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -92,11 +72,11 @@ def load_config_file(path: Path) -> dict[str, Any]:
 def split_keys(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(job keys, TrainConfig keys, method keys); refuses keys that belong to none of them."""
     from worker.methods import METHODS, get_method
-    from worker.train_config import TrainConfig
+    from worker.train.config import TrainConfig
 
     method = values.get("method")
     if not method:
-        raise InvalidInput(f"missing --method: choose one of {', '.join(METHOD_NAMES)}")
+        raise InvalidInput(f"missing --method: choose one of {', '.join(sorted(METHODS))}")
     spec = get_method(method)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     method_fields = {f.name for f in dataclasses.fields(spec.config)}
@@ -158,11 +138,9 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
         ft submit train --method freeze --layers 4 -m smol -d faults --lr 5e-5
         ft submit train --config recipe.yaml -o lr=1e-4 -o warmup_ratio=0.1
     """
-    from worker.train_spec import resolve_train_spec
+    from worker.resolve import resolve_train_spec
 
     values: dict[str, Any] = load_config_file(config_file) if config_file else {}
-    if flags.get("base_bits") is not None:
-        flags["base_bits"] = int(flags["base_bits"])
     values.update({k: v for k, v in flags.items() if v is not None})
     values.update(dict(parse_override(o) for o in overrides))
     job, train_keys, method_keys = split_keys(values)
@@ -174,7 +152,7 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
         spec = resolve_train_spec(
             s, name=name, method=job["method"], model=job["model"], dataset=job["dataset"],
             template=job.get("template"), method_flags=method_keys, train_flags=train_keys,
-            max_source_len=job.get("max_source_len"), store=app.store,
+            **{k: job[k] for k in DATA_KEYS if job.get(k) is not None}, store=app.store,
         )  # fmt: skip
     job_row = enqueue(app, "train", spec.to_json(), queue=queue, priority=priority)
     if not as_json:

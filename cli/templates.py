@@ -86,7 +86,7 @@ def list_(app: AppContext, all_versions: bool, as_json: bool) -> None:
         ft templates list
         ft templates list --all --json
     """
-    from datasets_prep.templates import list_templates
+    from catalog.templates import list_templates
 
     with app.catalog.session() as s:
         rows = list_templates(s, all_versions=all_versions)
@@ -115,7 +115,7 @@ def show(app: AppContext, ref: str, as_json: bool, render_example: bool, model: 
         ft templates show plain:1 --render-example
         ft templates show chat --render-example --model smol
     """
-    from datasets_prep.templates import get_template
+    from catalog.templates import get_template
 
     with app.catalog.session() as s:
         tpl = get_template(s, ref)
@@ -145,7 +145,8 @@ def _render_example(app: AppContext, session: Any, tpl: PromptTemplate, model: s
             raise InvalidInput(
                 f"template {tpl.ref} uses a model's chat template: add --model NAME to render it"
             )
-        from worker.base_models import get_base_model, load_tokenizer
+        from catalog.base_models import get_base_model
+        from worker.models.directories import tokenizer_of as load_tokenizer
 
         tokenizer = load_tokenizer(app.store, get_base_model(session, model))
     return render_prompt(tpl.kind, tpl.body, EXAMPLE_ROW, tokenizer)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from cli.context import AppContext, pass_app
-from worker.queues import QUEUES
+from worker.jobs.queues import QUEUES
 
 LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -66,7 +66,8 @@ def worker(app: AppContext, queues: list[str], concurrency: int, loglevel: str, 
         ft worker --queues gpu --concurrency 2
         FT_BROKER_URL=redis://queue-host:6379/0 ft worker --queues cpu,gpu
     """
-    from worker.celery_app import check_broker, make_celery, redact
+    from worker.jobs.celery_app import make_celery
+    from worker.jobs.messages import check_broker, redact
 
     settings = app.settings
     app.catalog  # noqa: B018  # refuse an uninitialised or outdated catalog before starting

@@ -9,7 +9,7 @@ re-uses the registered conversion instead of tokenising again.
 The queue calls, in order:
 
     spec = resolve_convert_spec(session, dataset="faults:1", model="smol", template="plain")
-    find_conversion(session, spec.cache_key)                          # None -> build it
+    find_conversion(session, spec.cache_key)           # catalog.conversions; None -> build it
     built = build_conversion(store, spec, dataset, template, tokenizer, report=progress)
     register_conversion(session, spec, built, job_id=job.id, user=user)
 """
@@ -20,88 +20,35 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from catalog.errors import InvalidInput, NotFound
+from catalog import conversions as catalog_conversions
+from catalog.base_models import get_base_model, local_dir
+from catalog.datasets import get_dataset
+from catalog.errors import NotFound
 from catalog.models import BaseModel, Conversion, Dataset, PromptTemplate
-from catalog.names import check_name, split_ref
+from catalog.names import check_name
 from catalog.store import ArtifactStore, StoredArtifact
+from catalog.templates import get_template
 from datasets_prep.canonical import load_split
 from datasets_prep.lengths import DEFAULT_MAX_LEN, default_max_source_len
 from datasets_prep.rows import Row
-from datasets_prep.templates import default_template_name, get_template
+from datasets_prep.spec import FORMAT_VERSION, ConvertSpec, conversion_cache_key
+from datasets_prep.templates import default_template_name
 from datasets_prep.tokenize import SplitStats, tokenize_rows
 
-FORMAT_VERSION = 1
-"""Bump when the bytes a conversion writes change for the same inputs (invalidates the cache)."""
 STATS_FILE = "stats.json"
-MAX_LEN_LIMIT = 1 << 20
 
 REPORT_INTERVAL_S = 0.5
 
 SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
 
 Report = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class ConvertSpec:
-    """A resolved conversion request; the `convert` job's spec JSON is this, serialised."""
-
-    dataset_id: int
-    """The dataset version (datasets.id)."""
-    template_id: int
-    """The template version (prompt_templates.id)."""
-    base_model_id: int
-    """The base model whose tokenizer is used (base_models.id)."""
-    max_len: int = DEFAULT_MAX_LEN
-    """`--max-len`: most tokens in one example (prompt + output); longer outputs are cut."""
-    max_source_len: int | None = None
-    """`--max-source-len`: most prompt tokens (the start is kept); None: only `max_len` applies (specs
-    resolved by `resolve_convert_spec` always carry a number: 3/4 of max_len unless given)."""
-    dataset_ref: str = ""
-    """Display: `name:version` of the dataset."""
-    template_ref: str = ""
-    """Display: `name:version` of the template."""
-    model_name: str = ""
-    """Display: the base model's name."""
-    tokenizer_sha256: str = ""
-    """The tokenizer's identity, part of the cache key."""
-    cache_key: str = ""
-    """sha256 over everything that determines the content (see `conversion_cache_key`)."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.max_len, bool) or not isinstance(self.max_len, int):
-            raise InvalidInput(f"--max-len must be a whole number, got {self.max_len!r}")
-        if not 2 <= self.max_len <= MAX_LEN_LIMIT:
-            raise InvalidInput(f"--max-len must be between 2 and {MAX_LEN_LIMIT}, got {self.max_len}")
-        if self.max_source_len is not None:
-            if isinstance(self.max_source_len, bool) or not isinstance(self.max_source_len, int):
-                raise InvalidInput(f"--max-source-len must be a whole number, got {self.max_source_len!r}")
-            if not 1 <= self.max_source_len < self.max_len:
-                raise InvalidInput(
-                    f"--max-source-len must be at least 1 and less than --max-len ({self.max_len}) so that "
-                    f"output tokens fit, got {self.max_source_len}"
-                )
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ConvertSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InvalidInput(
-                f"convert spec has unknown field(s) {', '.join(unknown)} (written by a newer ft?)"
-            )
-        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -112,35 +59,11 @@ class BuiltConversion:
     max_length, mean_length."""
 
 
-def conversion_cache_key(
-    dataset_sha256: str, template_sha256: str, tokenizer_sha256: str, max_len: int, max_source_len: int | None
-) -> str:
-    parts = {
-        "format_version": FORMAT_VERSION,
-        "dataset": dataset_sha256,
-        "template": template_sha256,
-        "tokenizer": tokenizer_sha256,
-        "max_len": max_len,
-        "max_source_len": max_source_len,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
 def model_tokenizer_identity(model: BaseModel) -> str:
     """The recorded tokenizer sha256; a hub model not resolved yet is identified by id and revision."""
     if model.tokenizer_sha256:
         return model.tokenizer_sha256
     return hashlib.sha256(f"hub\x00{model.origin}\x00{model.revision or ''}".encode()).hexdigest()
-
-
-def local_model_dir(store: ArtifactStore | None, model: BaseModel) -> Path | None:
-    """Where a `path` or imported `gguf` model's files lie on this machine (None for a hub id, or a gguf
-    import without the store at hand)."""
-    if model.source == "path":
-        return Path(model.uri)
-    if model.source == "gguf" and store is not None:
-        return store.path(model.uri)
-    return None
 
 
 def resolve_convert_spec(
@@ -157,12 +80,9 @@ def resolve_convert_spec(
 
     Without `template`, the model's chat template is used when its tokenizer has one (`store` locates
     an imported model's files), else `plain`. Without `max_source_len`, prompts keep 3/4 of max_len."""
-    ds = find_dataset(session, dataset)
-    bm = session.scalars(select(BaseModel).where(BaseModel.name == model)).first()
-    if bm is None:
-        known = ", ".join(session.scalars(select(BaseModel.name).order_by(BaseModel.name))) or "none"
-        raise NotFound(f"unknown base model {model!r} (known: {known}); see `ft models list`")
-    tpl = get_template(session, template or default_template_name(local_model_dir(store, bm)))
+    ds = get_dataset(session, dataset)
+    bm = get_base_model(session, model)
+    tpl = get_template(session, template or default_template_name(local_dir(store, bm)))
     if max_source_len is None and isinstance(max_len, int) and not isinstance(max_len, bool):
         max_source_len = default_max_source_len(max_len)
     tok = model_tokenizer_identity(bm)
@@ -179,22 +99,6 @@ def resolve_convert_spec(
     )
     spec.cache_key = conversion_cache_key(ds.sha256, tpl.sha256, tok, spec.max_len, spec.max_source_len)
     return spec
-
-
-def find_dataset(session: Session, ref: str) -> Dataset:
-    """`name` (latest version) or `name:version`."""
-    name, version = split_ref(ref)
-    stmt = select(Dataset).where(Dataset.name == name)
-    stmt = stmt.where(Dataset.version == version) if version is not None else stmt
-    ds = session.scalars(stmt.order_by(Dataset.version.desc()).limit(1)).first()
-    if ds is None:
-        known = ", ".join(session.scalars(select(Dataset.name).distinct().order_by(Dataset.name))) or "none"
-        raise NotFound(f"unknown dataset {ref!r} (known: {known}); see `ft datasets list`")
-    return ds
-
-
-def find_conversion(session: Session, cache_key: str) -> Conversion | None:
-    return session.scalars(select(Conversion).where(Conversion.cache_key == cache_key)).first()
 
 
 def build_conversion(
@@ -278,26 +182,23 @@ def register_conversion(
 ) -> Conversion:
     """Insert the conversion row in the caller's transaction (an existing row with the same cache
     key, from a concurrent job, is returned instead)."""
-    existing = find_conversion(session, spec.cache_key)
-    if existing is not None:
-        return existing
-    conversion = Conversion(
-        cache_key=spec.cache_key,
-        dataset_id=spec.dataset_id,
-        template_id=spec.template_id,
-        base_model_id=spec.base_model_id,
-        tokenizer_sha256=spec.tokenizer_sha256,
-        max_len=spec.max_len,
-        max_source_len=spec.max_source_len,
-        artifact_uri=built.artifact.uri,
-        sha256=built.artifact.sha256,
-        stats=built.stats,
-        job_id=job_id,
-        created_by=user,
+    return catalog_conversions.register_conversion(
+        session,
+        Conversion(
+            cache_key=spec.cache_key,
+            dataset_id=spec.dataset_id,
+            template_id=spec.template_id,
+            base_model_id=spec.base_model_id,
+            tokenizer_sha256=spec.tokenizer_sha256,
+            max_len=spec.max_len,
+            max_source_len=spec.max_source_len,
+            artifact_uri=built.artifact.uri,
+            sha256=built.artifact.sha256,
+            stats=built.stats,
+            job_id=job_id,
+            created_by=user,
+        ),
     )
-    session.add(conversion)
-    session.flush()
-    return conversion
 
 
 def conversion_path(store: ArtifactStore, conversion: Conversion, split: str) -> Path:

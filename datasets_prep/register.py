@@ -1,4 +1,4 @@
-"""Registering a raw file as a dataset version, and finding, listing and removing versions.
+"""Registering a raw file as a dataset version (the table access is catalog.datasets').
 
 `add_dataset` reads the file once, streaming: each valid row becomes a canonical line in a
 temporary file inside a store staging directory (bad rows go to the report). If the report
@@ -11,19 +11,16 @@ latest version of the name (same sha256) is recognised: no new version.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
+from catalog.datasets import insert_version
 from catalog.db import Catalog
-from catalog.errors import Conflict, FtError, InvalidInput, NotFound
-from catalog.models import Adapter, Conversion, Dataset, Evaluation
-from catalog.names import check_name, split_ref
-from catalog.store import ArtifactStore, StoredArtifact
+from catalog.errors import InvalidInput
+from catalog.models import Dataset
+from catalog.names import check_name
+from catalog.store import ArtifactStore
 from datasets_prep.canonical import META, split_file
 from datasets_prep.formats import AUTO
 from datasets_prep.formats.base import Format
@@ -103,7 +100,8 @@ def add_dataset(
         report=report.lines(),
         created_by=user,
     )
-    return _record(catalog, store, dataset, artifact)
+    dataset, created = insert_version(catalog, store, dataset, artifact)
+    return AddResult(dataset, created, list(dataset.report))
 
 
 def _existing_file(path: str | Path, flag: str) -> Path:
@@ -122,114 +120,3 @@ def _convert(display: str, form: Format, dest: Path, seen: set[bytes], report: R
         for line in valid_lines(reader, form, seen, report, result):
             out.write(line)
     return result
-
-
-def _record(catalog: Catalog, store: ArtifactStore, dataset: Dataset, artifact: StoredArtifact) -> AddResult:
-    """Insert the version, unless the latest one holds the same content; never leave a stray artifact."""
-    try:
-        with catalog.session() as s:
-            latest = latest_dataset(s, dataset.name)
-            if latest is not None and latest.sha256 == dataset.sha256:
-                return AddResult(latest, False, list(dataset.report))
-            dataset.version = latest.version + 1 if latest is not None else 1
-            s.add(dataset)
-            s.flush()
-        return AddResult(dataset, True, list(dataset.report))
-    except IntegrityError as exc:
-        _drop_if_unreferenced(catalog, store, artifact.uri)
-        raise Conflict(
-            f"dataset {dataset.name} got a new version from another registration at the same moment; "
-            "run the command again"
-        ) from exc
-    except BaseException:
-        _drop_if_unreferenced(catalog, store, artifact.uri)
-        raise
-
-
-def _drop_if_unreferenced(catalog: Catalog, store: ArtifactStore, uri: str) -> None:
-    try:
-        with catalog.session() as s:
-            used = s.scalar(select(func.count()).select_from(Dataset).where(Dataset.artifact_uri == uri))
-    except FtError:  # the catalog is unreachable: a stray artifact is harmless, a lost one is not
-        return
-    if not used:
-        store.remove(uri)
-
-
-# ---------------------------------------------------------------- catalog functions
-
-
-def latest_dataset(session: Session, name: str) -> Dataset | None:
-    return session.scalars(
-        select(Dataset).where(Dataset.name == name).order_by(Dataset.version.desc()).limit(1)
-    ).first()
-
-
-def get_dataset(session: Session, ref: str) -> Dataset:
-    """`name` (the latest version) or `name:version`."""
-    name, version = split_ref(ref)
-    if version is None:
-        found = latest_dataset(session, name)
-    else:
-        found = session.scalars(
-            select(Dataset).where(Dataset.name == name, Dataset.version == version)
-        ).first()
-    if found is not None:
-        return found
-    versions = session.scalars(
-        select(Dataset.version).where(Dataset.name == name).order_by(Dataset.version)
-    ).all()
-    if versions:
-        raise NotFound(f"dataset {name} has no version {version} (versions: {', '.join(map(str, versions))})")
-    known = ", ".join(list_dataset_names(session)) or "none"
-    raise NotFound(f"unknown dataset {ref!r} (known: {known}); see `ft datasets list`")
-
-
-def list_dataset_names(session: Session) -> Sequence[str]:
-    return session.scalars(select(Dataset.name).distinct().order_by(Dataset.name)).all()
-
-
-def list_datasets(session: Session, all_versions: bool = False) -> Sequence[Dataset]:
-    """Every dataset's latest version (or every version), by name then version."""
-    stmt = select(Dataset).order_by(Dataset.name, Dataset.version)
-    if not all_versions:
-        latest = select(Dataset.name, func.max(Dataset.version).label("v")).group_by(Dataset.name).subquery()
-        stmt = stmt.join(latest, (Dataset.name == latest.c.name) & (Dataset.version == latest.c.v))
-    return session.scalars(stmt).all()
-
-
-def dataset_users(session: Session, dataset: Dataset) -> list[str]:
-    """What in the catalog refers to this dataset version (conversions, adapters, evaluations)."""
-    users = [
-        f"adapter {n}" for n in session.scalars(select(Adapter.name).where(Adapter.dataset_id == dataset.id))
-    ]
-    users += [
-        f"conversion {i}"
-        for i in session.scalars(select(Conversion.id).where(Conversion.dataset_id == dataset.id))
-    ]
-    users += [
-        f"evaluation {i}"
-        for i in session.scalars(select(Evaluation.id).where(Evaluation.dataset_id == dataset.id))
-    ]
-    return users
-
-
-def remove_dataset(catalog: Catalog, store: ArtifactStore, ref: str) -> Dataset:
-    """Delete one version (`name` = the latest) and its artifact when nothing else shares it.
-
-    Refused (Conflict) while a conversion, adapter or evaluation refers to the version.
-    """
-    with catalog.session() as s:
-        dataset = get_dataset(s, ref)
-        users = dataset_users(s, dataset)
-        if users:
-            shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
-            raise Conflict(f"dataset {dataset.ref} is used by {shown}; remove those first")
-        s.delete(dataset)
-        s.flush()
-        shared = s.scalar(
-            select(func.count()).select_from(Dataset).where(Dataset.artifact_uri == dataset.artifact_uri)
-        )
-    if not shared:
-        store.remove(dataset.artifact_uri)
-    return dataset

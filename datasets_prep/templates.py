@@ -1,4 +1,4 @@
-"""Prompt templates: the built-ins, rendering a canonical row into a prompt, and catalog functions.
+"""Prompt templates: the built-ins, validating and rendering (table access: catalog.templates).
 
 Three kinds:
 - `format`: a Python format string over `{instruction}`, `{input}`, `{system}` (`{{`/`}}` for braces);
@@ -13,19 +13,18 @@ import functools
 import hashlib
 import json
 import string
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from catalog.db import Catalog
-from catalog.errors import InvalidInput, NotFound
+from catalog.errors import InvalidInput
 from catalog.models import PromptTemplate
-from catalog.names import check_name, split_ref
+from catalog.names import check_name
+from catalog.templates import insert_template
 from datasets_prep.rows import Row
 
 KINDS = ("format", "jinja", "chat")
@@ -153,68 +152,11 @@ def add_template(
     description: str | None = None,
     builtin: bool = False,
 ) -> tuple[PromptTemplate, bool]:
-    """Register `body` under `name`; returns (template, created). An identical latest body is reused."""
+    """Validate `body` and register it under `name`; returns (template, created). An identical latest
+    body is reused."""
     check_name(name, "template name")
     validate_body(kind, body)
-    digest = body_sha256(kind, body)
-    latest = latest_template(session, name)
-    if latest is not None and latest.sha256 == digest:
-        return latest, False
-    tpl = PromptTemplate(
-        name=name,
-        version=(latest.version + 1) if latest else 1,
-        kind=kind,
-        body=body,
-        description=description,
-        builtin=builtin,
-        sha256=digest,
-        created_by=user,
-    )
-    session.add(tpl)
-    session.flush()
-    return tpl, True
-
-
-def latest_template(session: Session, name: str) -> PromptTemplate | None:
-    return session.scalars(
-        select(PromptTemplate)
-        .where(PromptTemplate.name == name)
-        .order_by(PromptTemplate.version.desc())
-        .limit(1)
-    ).first()
-
-
-def get_template(session: Session, ref: str) -> PromptTemplate:
-    """`name` (latest version) or `name:version`."""
-    name, version = split_ref(ref)
-    if version is None:
-        tpl = latest_template(session, name)
-    else:
-        tpl = session.scalars(
-            select(PromptTemplate).where(PromptTemplate.name == name, PromptTemplate.version == version)
-        ).first()
-    if tpl is None:
-        known = ", ".join(list_template_names(session)) or "none"
-        raise NotFound(f"unknown template {ref!r} (known: {known}); see `ft templates list`")
-    return tpl
-
-
-def list_template_names(session: Session) -> Sequence[str]:
-    return session.scalars(select(PromptTemplate.name).distinct().order_by(PromptTemplate.name)).all()
-
-
-def list_templates(session: Session, all_versions: bool = False) -> Sequence[PromptTemplate]:
-    stmt = select(PromptTemplate).order_by(PromptTemplate.name, PromptTemplate.version)
-    if not all_versions:
-        latest = (
-            select(PromptTemplate.name, func.max(PromptTemplate.version).label("v"))
-            .group_by(PromptTemplate.name)
-            .subquery()
-        )
-        stmt = stmt.join(
-            latest, (PromptTemplate.name == latest.c.name) & (PromptTemplate.version == latest.c.v)
-        )
-    return session.scalars(stmt).all()
+    return insert_template(session, name, kind, body, body_sha256(kind, body), user, description, builtin)
 
 
 def seed_builtin_templates(catalog: Catalog, user: str) -> list[str]:

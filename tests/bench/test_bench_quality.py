@@ -9,13 +9,15 @@ import json
 import pytest
 
 from cli.methods import method_json
-from datasets_prep.lengths import default_max_source_len
+from datasets_prep.lengths import DEFAULT_MAX_LEN, default_max_source_len
+from datasets_prep.spec import ConvertSpec
 from datasets_prep.templates import CHAT
 from tests.bench.test_bench_scripts import _load
 from tests.conftest import DATA
-from worker.eval_spec import DEFAULT_BATCH_SIZE, EvalSpec
+from worker.evaluation.decoding import DEFAULT_BATCH_SIZE, Decoding
 from worker.methods import METHODS
-from worker.train_config import TrainConfig
+from worker.spec import EvalSpec
+from worker.train.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +33,13 @@ def test_the_recipes_are_the_defaults_of_ft_methods_list(recipes):
         shown = json.loads(json.dumps(shown))  # as `ft methods list --json` prints it (tuples are lists)
         assert {k: shown[k] for k in ("lr", "epochs", "optimizer", "flags")} == expected, name
     train, cfg = defaults["train"], TrainConfig()
-    assert (train["batch_size"], train["grad_accum"], train["max_len"]) == (
-        cfg.batch_size,
-        cfg.grad_accum,
-        cfg.max_len,
-    )
-    assert train["max_source_len"] == default_max_source_len(cfg.max_len) and train["template"] == CHAT
-    fields = EvalSpec.__dataclass_fields__
-    assert defaults["eval"]["batch_size"] == DEFAULT_BATCH_SIZE
-    assert defaults["eval"]["max_new_tokens"] == fields["max_new_tokens"].default
-    assert defaults["eval"]["max_source_len"] == fields["max_source_len"].default
+    assert (train["batch_size"], train["grad_accum"]) == (cfg.batch_size, cfg.grad_accum)
+    assert train["max_len"] == ConvertSpec.__dataclass_fields__["max_len"].default == DEFAULT_MAX_LEN
+    assert train["max_source_len"] == default_max_source_len(DEFAULT_MAX_LEN) and train["template"] == CHAT
+    decoding = Decoding()
+    assert defaults["eval"]["batch_size"] == decoding.batch_size == DEFAULT_BATCH_SIZE
+    assert defaults["eval"]["max_new_tokens"] == decoding.max_new_tokens
+    assert defaults["eval"]["max_source_len"] == EvalSpec.__dataclass_fields__["max_source_len"].default
 
 
 def test_variants_and_candidates_name_only_flags_of_ft_submit_train(recipes):

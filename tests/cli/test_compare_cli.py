@@ -9,7 +9,7 @@ import pytest
 
 from catalog.jobs import get_job
 from tests.worker.eval_helpers import evaluate, register_faults, train
-from worker.runner import run_job
+from worker.jobs.runner import run_job
 
 ROW_LABELS = [
     "method", "peak training memory", "trainable params", "total params", "trainable %", "inference memory",
@@ -139,10 +139,11 @@ def test_errors_are_one_line_and_name_the_flag(evaluable, ft):
 
 
 def test_help_has_examples_and_metric_names_match_the_registry(ft):
-    from cli.submit_eval import METRIC_NAMES
-    from worker.metrics import METRICS
+    from cli.main import cli
+    from worker.evaluation.metrics import METRICS
 
-    assert sorted(METRIC_NAMES) == sorted(METRICS)
+    (metric,) = [p for p in cli.commands["submit"].commands["eval"].params if p.name == "metric"]
+    assert sorted(metric.type.choices) == sorted(METRICS)
     for args in (["submit", "eval"], ["adapters", "compare"], ["adapters", "evals"]):
         text = ft(*args, "--help").output
         assert "Example:" in text and f"ft {' '.join(args)}" in text

@@ -9,13 +9,12 @@ import shutil
 
 import pytest
 
-from cli.submit_eval import DEFAULT_BATCH_SIZE as CLI_EVAL_BATCH
 from datasets_prep.lengths import DEFAULT_MAX_LEN, default_max_source_len
 from datasets_prep.templates import has_chat_template
 from tests.conftest import FAULTS_TEST
-from worker.eval_spec import DEFAULT_BATCH_SIZE, EvalSpec
-from worker.generation import GenerationConfig
-from worker.train_config import TrainConfig
+from worker.evaluation.decoding import DEFAULT_BATCH_SIZE
+from worker.evaluation.generation import GenerationConfig
+from worker.spec import EvalSpec, EvalTarget
 
 
 @pytest.fixture
@@ -23,7 +22,7 @@ def two_models(catalog, store, tiny_model_dir, tmp_path):
     """`tiny` (its tokenizer has a chat template) and `bare` (the same files without one), and the
     50 real fault test rows as `faults`."""
     from datasets_prep.register import add_dataset
-    from worker.base_models import register_path
+    from worker.models.registration import register_path
 
     bare = tmp_path / "bare"
     shutil.copytree(tiny_model_dir, bare)
@@ -47,26 +46,31 @@ def _train_spec(ft, model: str) -> dict:
 
 def test_train_takes_the_chat_template_when_the_tokenizer_has_one(ft, two_models):
     chat, plain = _train_spec(ft, "tiny"), _train_spec(ft, "bare")
-    assert chat["template_ref"] == "chat:1" and plain["template_ref"] == "plain:1"
-    assert chat["train"]["max_len"] == DEFAULT_MAX_LEN == 2048
-    assert chat["convert"]["max_len"] == 2048 and chat["convert"]["max_source_len"] == 1536
+    assert chat["data"]["template_ref"] == "chat:1" and plain["data"]["template_ref"] == "plain:1"
+    assert chat["data"]["max_len"] == DEFAULT_MAX_LEN == 2048 and chat["data"]["max_source_len"] == 1536
 
 
 def test_a_default_conversion_is_the_one_a_default_training_job_uses(ft, two_models):
     convert = json.loads(ft("submit", "convert", "faults", "--model", "tiny", "--json").stdout)["spec"]
     assert convert["template_ref"] == "chat:1" and convert["max_source_len"] == 1536
-    assert convert["cache_key"] == _train_spec(ft, "tiny")["convert"]["cache_key"]
+    assert convert["cache_key"] == _train_spec(ft, "tiny")["data"]["cache_key"]
 
 
 def test_max_source_len_follows_max_len_unless_given(ft, two_models):
     base = ["submit", "train", "--method", "lora", "-m", "tiny", "-d", "faults", "--json"]
-    short = json.loads(ft(*base, "--max-len", "512").stdout)["spec"]["convert"]
+    short = json.loads(ft(*base, "--max-len", "512").stdout)["spec"]["data"]
     assert short["max_source_len"] == default_max_source_len(512) == 384
-    given = json.loads(ft(*base, "--max-len", "512", "--max-source-len", "100").stdout)["spec"]["convert"]
+    given = json.loads(ft(*base, "--max-len", "512", "--max-source-len", "100").stdout)["spec"]["data"]
     assert given["max_source_len"] == 100
 
 
-def test_evaluation_batches_64_prompts_per_model():
-    assert DEFAULT_BATCH_SIZE == CLI_EVAL_BATCH == GenerationConfig().batch_size == 64
-    assert EvalSpec.__dataclass_fields__["batch_size"].default == 64
-    assert TrainConfig().max_len == DEFAULT_MAX_LEN
+def test_evaluation_batches_64_prompts_per_model(ft):
+    assert (
+        DEFAULT_BATCH_SIZE
+        == GenerationConfig().batch_size
+        == EvalSpec(
+            1, "m", 1, "d:1", "test", "triple-f1", [EvalTarget("x", 1, "plain:1")]
+        ).decoding.batch_size
+        == 64
+    )
+    assert "[default: 64]" in " ".join(ft("submit", "eval", "--help").output.split())

@@ -11,7 +11,7 @@ import pytest
 from catalog.jobs import claim_job, create_job, finish_job, get_job
 from cli.main import cli
 from tests.conftest import FAULTS_TEST, free_port
-from worker.runner import run_job
+from worker.jobs.runner import run_job
 
 JOB_FIELDS = {
     "id",
@@ -42,7 +42,7 @@ JOB_FIELDS = {
 def registered(catalog, store, tiny_model_dir):
     """The 50-row fault test set as `faults` and the tiny model as `tiny`."""
     from datasets_prep.register import add_dataset
-    from worker.base_models import register_path
+    from worker.models.registration import register_path
 
     add_dataset(catalog, store, "faults", FAULTS_TEST, user="tester")
     with catalog.session() as s:
@@ -189,7 +189,7 @@ def test_wait(ft, catalog):
 
 
 def test_logs(ft, catalog):
-    from worker.handlers import HandlerRegistry
+    from worker.jobs.handlers import HandlerRegistry
 
     registry = HandlerRegistry()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from worker.methods import METHODS, get_method
-from worker.train_config import TrainConfig
+from worker.train.config import TrainConfig
 
 
 def test_methods_list_shows_the_defaults_submit_train_uses(ft):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cli.models import models
-from tests.worker.test_base_models import write_tiny_gguf
+from tests.worker.models.test_base_models import write_tiny_gguf
 
 
 @pytest.fixture

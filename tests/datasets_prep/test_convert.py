@@ -12,23 +12,25 @@ import pytest
 from datasets import Dataset as HFDataset
 from sqlalchemy import func, select
 
+from catalog.base_models import get_base_model
+from catalog.conversions import find_conversion
 from catalog.errors import InvalidInput, NotFound
 from catalog.models import BaseModel, Dataset, PromptTemplate
+from catalog.templates import get_template
 from datasets_prep.canonical import split_file, write_rows
 from datasets_prep.convert import (
     BuiltConversion,
-    ConvertSpec,
     build_conversion,
-    find_conversion,
     load_tokenized,
     register_conversion,
     resolve_convert_spec,
 )
 from datasets_prep.rows import Row
-from datasets_prep.templates import get_template
+from datasets_prep.spec import ConvertSpec
 from datasets_prep.tokenize import IGNORE_INDEX, SplitStats, tokenize_batch
 from tests.conftest import FAULTS_TEST
-from worker.base_models import get_base_model, load_tokenizer, register_path
+from worker.models.directories import tokenizer_of as load_tokenizer
+from worker.models.registration import register_path
 
 
 def make_dataset(catalog, store, name: str, source: Path, splits: dict[str, slice]) -> Dataset:
@@ -100,7 +102,7 @@ def test_resolve_spec_and_cache_key(catalog, store, faults):
 def test_resolve_errors(catalog, faults):
     with pytest.raises(NotFound, match=r"unknown dataset 'nope' \(known: faults\)"):
         _resolve(catalog, dataset="nope")
-    with pytest.raises(NotFound, match="unknown dataset 'faults:7'"):
+    with pytest.raises(NotFound, match=r"dataset faults has no version 7 \(versions: 1\)"):
         _resolve(catalog, dataset="faults:7")
     with pytest.raises(NotFound, match=r"unknown base model 'gpt' \(known: tiny\)"):
         _resolve(catalog, model="gpt")
@@ -112,7 +114,7 @@ def test_resolve_errors(catalog, faults):
         _resolve(catalog, max_len=128, max_source_len=128)
     with pytest.raises(InvalidInput, match="--max-len must be a whole number"):
         ConvertSpec(dataset_id=1, template_id=1, base_model_id=1, max_len="1024")  # type: ignore[arg-type]
-    with pytest.raises(InvalidInput, match="unknown field"):
+    with pytest.raises(InvalidInput, match='conversion spec: can not match "epochs"'):
         ConvertSpec.from_json({"dataset_id": 1, "template_id": 1, "base_model_id": 1, "epochs": 3})
 
 

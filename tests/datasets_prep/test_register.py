@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from catalog.datasets import get_dataset, list_datasets, remove_dataset
 from catalog.errors import Conflict, InvalidInput, NotFound
 from catalog.models import BaseModel, Conversion, Dataset, PromptTemplate
 from datasets_prep.canonical import META, load_split
-from datasets_prep.register import add_dataset, get_dataset, list_datasets, remove_dataset
+from datasets_prep.register import add_dataset
 from datasets_prep.rows import Row
 from datasets_prep.validate import InvalidRows
 from tests.conftest import ADGEN_DEV, FAULTS_TEST, FAULTS_TEXT_ANSWER, FAULTS_TRAIN

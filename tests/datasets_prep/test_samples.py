@@ -11,7 +11,7 @@ from catalog.errors import InvalidInput
 from datasets_prep.samples import sample_path
 from datasets_prep.templates import TRIPLES_INSTRUCTION
 from tests.conftest import FAULTS_TEST, FAULTS_TEXT_ANSWER, FAULTS_TRAIN
-from worker.metrics.triple_f1 import parse_triples
+from worker.evaluation.metrics.triple_f1 import parse_triples
 
 RELATIONS = {"部件故障", "性能故障", "组成", "检测工具"}
 PACKAGED = Path(__file__).resolve().parents[2] / "datasets_prep" / "samples" / "faults_sample.jsonl"

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from catalog.jobs import create_job, get_job
 from tests.conftest import FAULTS_TEST, FAULTS_TRAIN
-from worker.eval_spec import resolve_eval_specs
-from worker.runner import run_job
-from worker.train_spec import resolve_train_spec
+from worker.jobs.runner import run_job
+from worker.resolve import resolve_eval_specs, resolve_train_spec
 
 SHORT = {
     "max_steps": 3,
     "batch_size": 2,
     "grad_accum": 1,
-    "max_len": 192,
     "save_steps": 3,
     "logging_steps": 1,
     "lr": 1e-2,
@@ -27,7 +25,7 @@ def register_faults(catalog, store, tiny_model_dir, tmp_path):
     """`faults` (24 real training rows; test = the real 50-row test file) and the tiny model `tiny`;
     the test modules' `evaluable` fixture."""
     from datasets_prep.register import add_dataset
-    from worker.base_models import register_path
+    from worker.models.registration import register_path
 
     rows = tmp_path / "faults24.jsonl"
     rows.write_text("".join(FAULTS_TRAIN.read_text(encoding="utf-8").splitlines(True)[:24]), encoding="utf-8")
@@ -42,7 +40,7 @@ def train(catalog, settings, store, name: str, method: str, flags: dict, **overr
     with catalog.session() as s:
         spec = resolve_train_spec(
             s, name=name, method=method, model="tiny", dataset="faults", template="plain",
-            method_flags=flags, train_flags={**SHORT, **overrides}, max_source_len=128,
+            method_flags=flags, train_flags={**SHORT, **overrides}, max_len=192, max_source_len=128,
         )  # fmt: skip
         job_id = create_job(s, "train", spec.to_json(), "tester", queue="gpu", logs_dir=str(settings.logs)).id
     assert run_job(catalog, job_id, "test-worker", store=store) == "succeeded", _error(catalog, job_id)

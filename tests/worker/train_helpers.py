@@ -10,8 +10,9 @@ import pytest
 from datasets import Dataset
 
 from tests.conftest import FAULTS_TRAIN
-from worker.model_loading import bitsandbytes_cpu_problem
-from worker.trainer import run_training
+from worker.methods import get_method
+from worker.models.loading import bitsandbytes_cpu_problem
+from worker.train.recipe import run_training
 
 _BNB_CPU_PROBLEM = bitsandbytes_cpu_problem()
 needs_bnb_cpu = pytest.mark.skipif(
@@ -20,9 +21,13 @@ needs_bnb_cpu = pytest.mark.skipif(
 """For tests that train a quantised base (qlora, lora --base-bits 8) on the CPU."""
 
 
-def run_cpu(*args, **kwargs):
-    """`run_training` pinned to the CPU (fp32, deterministic) even on a machine with a GPU."""
-    return run_training(*args, device="cpu", **kwargs)
+def run_cpu(base_dir, data, method, flags, cfg, paths, *args, **kwargs):
+    """`run_training` pinned to the CPU (fp32, deterministic) even on a machine with a GPU; `method` may
+    be a name, `flags` a dict, and `cfg` is resolved with the method's defaults as submit does."""
+    registered = get_method(method) if isinstance(method, str) else method
+    method_cfg = registered.make_config(flags) if isinstance(flags, dict) else flags
+    cfg = cfg.with_method_defaults(registered)
+    return run_training(base_dir, data, registered, method_cfg, cfg, paths, *args, device="cpu", **kwargs)
 
 
 def tokenised_rows(model_dir: Path, n: int, max_tokens: int = 96, skip: int = 0) -> Dataset:

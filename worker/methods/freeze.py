@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from catalog.errors import InvalidInput
 from worker.methods import in_compute_dtype, register_method, upcast_trainable
+from worker.methods.artifacts import FREEZE
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DEFAULT_SHARE = 0.5
 
@@ -48,6 +51,8 @@ class FreezeConfig:
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """(qualified name, list) of the model's transformer blocks: the largest `nn.ModuleList` whose
     entries share one class, by parameter count."""
+    from torch import nn
+
     best: tuple[int, str, nn.ModuleList] | None = None
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
@@ -78,7 +83,7 @@ def final_norms(model: nn.Module, blocks_name: str) -> list[nn.Module]:
     config=FreezeConfig,
     load_kwargs=in_compute_dtype,
     default_lr=1e-4,
-    artifact="freeze",
+    artifact=FREEZE,
     default_epochs=8,
 )
 def prepare(model: nn.Module, cfg: FreezeConfig) -> nn.Module:

@@ -8,15 +8,17 @@ that cost. Memory is about 16 bytes a parameter in fp32 (weights, gradients, two
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from catalog.errors import InvalidInput
 from worker.methods import register_method
+from worker.methods.artifacts import FULL
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -33,9 +35,11 @@ class FullConfig:
 
 def load_kwargs(cfg: FullConfig, device: torch.device | str) -> dict[str, Any]:
     """The base in the trained precision."""
+    import torch
+
     if cfg.precision == "bf16" and torch.device(device).type == "cpu":
         raise InvalidInput("--precision bf16 is for GPUs; on CPU full fine-tuning runs in fp32")
-    return {"dtype": PRECISIONS[cfg.precision]}
+    return {"dtype": torch.bfloat16 if cfg.precision == "bf16" else torch.float32}
 
 
 @register_method(
@@ -43,7 +47,7 @@ def load_kwargs(cfg: FullConfig, device: torch.device | str) -> dict[str, Any]:
     config=FullConfig,
     load_kwargs=load_kwargs,
     default_lr=2e-4,
-    artifact="full",
+    artifact=FULL,
     default_epochs=4,
 )
 def prepare(model: nn.Module, cfg: FullConfig) -> nn.Module:

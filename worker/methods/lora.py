@@ -5,13 +5,15 @@ or the CPU with bitsandbytes >= 0.48), as the ChatGLM write-up's LoRA run did.""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from catalog.errors import InvalidInput
 from worker.methods import compute_dtype, register_method, require_quantisation
+from worker.methods.artifacts import PEFT
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 ALL_LINEAR = "all-linear"
 
@@ -105,7 +107,7 @@ def load_kwargs(cfg: LoraMethodConfig, device: torch.device | str) -> dict[str, 
     config=LoraMethodConfig,
     load_kwargs=load_kwargs,
     default_lr=2e-3,
-    artifact="peft",
+    artifact=PEFT,
     default_epochs=4,
 )
 def prepare(model: nn.Module, cfg: LoraMethodConfig) -> nn.Module:

@@ -11,11 +11,14 @@ SmolLM2-135M, where scores were noisy. Results, in macro F1:
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from catalog.errors import InvalidInput
 from worker.methods import in_compute_dtype, register_method
+from worker.methods.artifacts import PEFT
+
+if TYPE_CHECKING:
+    from torch import nn
 
 ENCODERS = {"mlp": "MLP", "lstm": "LSTM"}
 """--encoder values -> peft's PromptEncoderReparameterizationType values."""
@@ -46,7 +49,7 @@ class PTuningConfig:
     config=PTuningConfig,
     load_kwargs=in_compute_dtype,
     default_lr=6e-2,
-    artifact="peft",
+    artifact=PEFT,
     default_epochs=16,
 )
 def prepare(model: nn.Module, cfg: PTuningConfig) -> nn.Module:

@@ -7,11 +7,14 @@ SmolLM2-135M that reached only 0.06 triple F1 against 0.21 with the projection (
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from catalog.errors import InvalidInput
 from worker.methods import in_compute_dtype, register_method
+from worker.methods.artifacts import PEFT
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass
@@ -37,7 +40,7 @@ class PTuningV2Config:
     config=PTuningV2Config,
     load_kwargs=in_compute_dtype,
     default_lr=2e-3,
-    artifact="peft",
+    artifact=PEFT,
     default_epochs=8,
 )
 def prepare(model: nn.Module, cfg: PTuningV2Config) -> nn.Module:

@@ -11,13 +11,15 @@ the 4-bit layers dequantise and multiply in bf16 where the CPU does bf16 nativel
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from worker.methods import register_method, require_quantisation
+from worker.methods.artifacts import PEFT
 from worker.methods.lora import ALL_LINEAR, check_lora_flags, peft_lora_config, wrap
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @dataclass
@@ -41,6 +43,8 @@ class QLoraConfig:
 
 def cpu_has_native_bf16() -> bool:
     """True if this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
+    import torch
+
     try:
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     except AttributeError:  # private helpers: a torch without them gets the safe answer
@@ -51,6 +55,7 @@ def load_kwargs(cfg: QLoraConfig, device: torch.device | str) -> dict[str, Any]:
     """4-bit NF4 with double quantisation, bf16 on CUDA, fp32 with bf16 or fp32 4-bit compute on the
     CPU; refuses a device where bitsandbytes cannot quantise."""
     require_quantisation(device, "--method qlora", "use --method lora on an unquantised base")
+    import torch
     from transformers import BitsAndBytesConfig
 
     if torch.device(device).type == "cuda":
@@ -72,7 +77,7 @@ def load_kwargs(cfg: QLoraConfig, device: torch.device | str) -> dict[str, Any]:
     load_kwargs=load_kwargs,
     default_lr=1e-3,
     default_epochs=4,
-    artifact="peft",
+    artifact=PEFT,
     optimizer="paged_adamw_8bit",
 )
 def prepare(model: nn.Module, cfg: QLoraConfig) -> nn.Module:

@@ -1,0 +1,373 @@
+"""The generation engine evaluation uses: batched, left-padded, length-sorted generation with a KV cache.
+
+    result = generate(model, tokenizer, prompts, GenerationConfig(max_new_tokens=256, batch_size=16))
+    result.texts  # one completion per prompt, in the prompts' order, prompt not included
+
+Prompts are sorted by token length (longest first, so an out-of-memory batch fails at once rather than
+after an hour) and generated `batch_size` at a time with left padding; the texts are put back in the
+original order. Rows stop on EOS (the tokenizer's and the model's generation config's) and, with
+`stop_on_repeated_line`, on the first line they repeat (see worker/evaluation/stopping.py). Works for a plain
+causal LM and for a peft model, prompt-learning methods (prefix tuning, p-tuning) included, and with
+per-row `adapter_names` for a stacked LoRA model (worker/evaluation/multi_lora.py): K adapters complete the
+same
+prompts in shared batches of `batch_size` x K rows.
+
+`generate_one_at_a_time` is the baseline the write-up's script amounted to (one `model.generate` per
+prompt, no padding); bench/bench_generation.py compares the two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from peft import PeftType
+from transformers import GenerationConfig as HFGenerationConfig
+from transformers import StoppingCriteriaList
+
+from catalog.errors import InvalidInput
+from worker.evaluation.decoding import Decoding
+from worker.evaluation.multi_lora import adapter_rows
+from worker.evaluation.stopping import CancelCriteria, RepeatedLineCriteria, cut_at_repeated_line
+from worker.models.attention import without_cudnn_attention
+from worker.models.loading import fallback_pad_token
+
+ProgressFn = Callable[[dict[str, Any]], None]
+StopFn = Callable[[], bool]
+
+
+class GenerationCancelled(Exception):
+    """`should_stop()` returned True; the partial results were discarded."""
+
+
+@dataclass
+class GenerationConfig(Decoding):
+    """How to decode: the evaluation's `Decoding` settings (validated there) and two of the engine's own."""
+
+    stop_on_repeated_line: bool = False
+    """End a row once it completes a line it already produced, and cut that line from the text; see
+    worker/evaluation/stopping.py. The metric decides (triple-f1 does)."""
+    static_cache: bool = False
+    """A fixed-size KV cache (transformers' "static" cache). On CUDA, transformers then compiles the
+    decoding step (torch.compile with CUDA graphs), which removes the per-step launch overhead that
+    dominates small models, at a compile per batch shape. Same outputs as the dynamic cache in fp32.
+    Off by default: on an H100 a warm step was 3.4x faster, but the compiles (30 s per batch shape)
+    made a whole 50-prompt evaluation take 137 s against 62 s (bench/bench_decode_step.py)."""
+
+    @classmethod
+    def of(cls, decoding: Decoding, **engine: Any) -> GenerationConfig:
+        """The engine's config for an evaluation's decoding settings."""
+        return cls(**dataclasses.asdict(decoding), **engine)
+
+
+@dataclass
+class GenerationResult:
+    """The completions and what they cost."""
+
+    texts: list[str]
+    """One completion per prompt, in the order of the prompts; trailing whitespace stripped."""
+    new_tokens: int
+    """Tokens generated over all prompts (up to and including each row's EOS; padding not counted)."""
+    seconds: float
+    tokens_per_s: float
+    peak_memory_bytes: int | None
+    """Peak CUDA memory allocated during the call; None on CPU."""
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    cfg: GenerationConfig,
+    *,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    add_special_tokens: bool = True,
+    adapter_names: Sequence[str] | None = None,
+) -> GenerationResult:
+    """Complete every prompt, `cfg.batch_size` at a time; see the module docstring.
+
+    `adapter_names` (one per prompt) runs a stacked LoRA model (`worker.multi_lora.stacked_lora`) with
+    a different adapter per row ("__base__" for the untuned base): K adapters in batches of
+    `cfg.batch_size` x K rows cost about one adapter's pass. Rows with the same prompt text share a batch
+    (a prompt takes about as many tokens under each adapter, so no batch waits on stragglers).
+
+    `on_progress` gets {"done", "total", "tokens_per_s"} after each batch. `should_stop` is asked
+    between batches and about once a second during one; when it returns True this raises
+    GenerationCancelled. Pass `add_special_tokens=False` for prompts rendered by a chat template,
+    which already hold their special tokens (as training tokenises them).
+    """
+    names = list(adapter_names) if adapter_names is not None else None
+    rows = adapter_rows(model) if names is not None else None
+    with _generation_session(model, tokenizer, cfg) as session:
+        ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"] if prompts else []
+        order, per_batch = _batch_order(ids, prompts, names, cfg.batch_size)
+        texts: list[str] = [""] * len(ids)
+        for start in range(0, len(order), per_batch):
+            batch = order[start : start + per_batch]
+            with rows.select([names[i] for i in batch]) if rows is not None and names else nullcontext():
+                for i, text in zip(batch, session.run([ids[i] for i in batch], should_stop), strict=True):
+                    texts[i] = text
+            if on_progress is not None:
+                on_progress({"done": start + len(batch), "total": len(ids), **session.rate()})
+    return session.result(texts)
+
+
+def generate_one_at_a_time(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    cfg: GenerationConfig,
+    *,
+    add_special_tokens: bool = True,
+) -> GenerationResult:
+    """The unbatched baseline: one `model.generate` per prompt, in order, no padding.
+
+    Decoding settings (EOS, sampling, repeated-line stop) are those of `generate`; only batching
+    differs, so a benchmark measures batching alone. `cfg.batch_size` is ignored.
+    """
+    with _generation_session(model, tokenizer, cfg) as session:
+        texts = [
+            session.run([tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]], None)[0]
+            for prompt in prompts
+        ]
+    return session.result(texts)
+
+
+# ---------------------------------------------------------------- internals
+
+
+def _batch_order(
+    ids: list[list[int]], prompts: Sequence[str], adapter_names: list[str] | None, batch_size: int
+) -> tuple[list[int], int]:
+    """The order rows are generated in (longest prompt first; stable, so ties keep prompt order) and the
+    rows per batch: `batch_size`, times K when the rows name K adapters. Then the rows of one prompt
+    text are kept next to each other, so a batch holds the same prompts for every adapter."""
+    if adapter_names is None:
+        return sorted(range(len(ids)), key=lambda i: -len(ids[i])), batch_size
+    if len(adapter_names) != len(prompts):
+        raise ValueError(f"{len(adapter_names)} adapter names for {len(prompts)} prompts")
+    first: dict[str, int] = {}
+    group = [first.setdefault(prompt, i) for i, prompt in enumerate(prompts)]
+    order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), group[i]))
+    return order, batch_size * max(1, len(set(adapter_names)))
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS id plus those of the model's generation config, deduplicated, in order."""
+    found: list[int] = []
+    candidates: list[Any] = [tokenizer.eos_token_id]
+    gen_cfg = getattr(model, "generation_config", None)
+    if gen_cfg is not None:
+        candidates.append(gen_cfg.eos_token_id)
+    for value in candidates:
+        values = value if isinstance(value, list | tuple) else [value]
+        found += [int(v) for v in values if v is not None and int(v) not in found]
+    return found
+
+
+def _input_device(model: Any) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+@contextmanager
+def _left_padding(tokenizer: Any) -> Iterator[None]:
+    """Left padding, and a pad token (EOS when there is none), for the duration; both restored."""
+    side, pad = tokenizer.padding_side, tokenizer.pad_token
+    tokenizer.padding_side = "left"
+    tokenizer.pad_token = fallback_pad_token(tokenizer)
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+        if pad is None:
+            tokenizer.pad_token = None
+
+
+@contextmanager
+def _generation_session(model: Any, tokenizer: Any, cfg: GenerationConfig) -> Iterator[_Session]:
+    """Eval mode, inference mode, left padding, no cuDNN attention (worker/models/attention.py) and a seeded
+    private RNG; all undone on exit."""
+    device = _input_device(model)
+    cuda = device.type == "cuda"
+    was_training = model.training
+    model.eval()
+    try:
+        with (
+            _left_padding(tokenizer),
+            torch.inference_mode(),
+            without_cudnn_attention(),
+            torch.random.fork_rng(devices=[device] if cuda else []),
+        ):
+            torch.manual_seed(cfg.seed)
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            session = _Session(model, tokenizer, cfg, device)
+            yield session
+            session.finish()
+    finally:
+        model.train(was_training)
+
+
+class _Session:
+    """One generate() call's fixed state (device, decoding config, EOS ids) and running totals."""
+
+    def __init__(self, model: Any, tokenizer: Any, cfg: GenerationConfig, device: torch.device) -> None:
+        self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
+        self.eos = eos_token_ids(model, tokenizer)
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.hf_config = _hf_generation_config(cfg, self.eos, self.pad_id)
+        self.prompt_learning = _prompt_learning_type(model)
+        self.cache_kwarg = _cache_kwarg(model)
+        self.new_tokens = 0
+        self.started = time.perf_counter()
+        self.seconds: float | None = None
+        self.peak: int | None = None
+
+    def run(self, batch_ids: list[list[int]], should_stop: StopFn | None) -> list[str]:
+        """Generate for one batch of token-id lists; returns the cleaned texts in the batch's order."""
+        if should_stop is not None and should_stop():
+            raise GenerationCancelled("generation was cancelled")
+        enc = self.tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
+        input_ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        generate_fn, inputs, prompt_len = self._model_inputs(input_ids, mask)
+        criteria = StoppingCriteriaList()
+        if self.cfg.stop_on_repeated_line:
+            criteria.append(RepeatedLineCriteria(self.tokenizer, self.eos))
+        cancel = CancelCriteria(should_stop) if should_stop is not None else None
+        if cancel is not None:
+            criteria.append(cancel)
+        try:
+            out = generate_fn(**inputs, generation_config=self.hf_config, stopping_criteria=criteria)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise InvalidInput(
+                f"out of memory generating {len(batch_ids)} rows of up to {input_ids.shape[1]} tokens "
+                f"(+{self.cfg.max_new_tokens} new): lower --batch-size or --max-new-tokens"
+            ) from exc
+        if cancel is not None and cancel.cancelled:
+            raise GenerationCancelled("generation was cancelled")
+        return [self._finish_row(row) for row in out[:, prompt_len:].tolist()]
+
+    def _model_inputs(
+        self, input_ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[Callable[..., torch.Tensor], dict[str, Any], int]:
+        """(the generate function, its inputs, how many leading columns of its output are the prompt).
+
+        Prompt-learning adapters are fed to the base model's own `generate` here rather than through
+        peft's `generate`: peft's hook decides "first step" by looking for `past_key_values` in the model
+        kwargs, which transformers 5.24 renamed to `cache`, so with it peft re-injects the virtual tokens
+        on every step (p-tuning, prompt tuning) or loses the prefix (prefix tuning). peft's path also
+        drops position ids, so a left-padded row saw its prompt shifted by its padding. Here:
+        - p-tuning / prompt tuning: the virtual-token embeddings are prepended to the prompt's and the
+          base generates from embeddings (positions then follow the attention mask, as for a plain model);
+        - prefix tuning: the trained key/value prefix is the initial cache, and the prompt is preceded by
+          as many placeholder ids, which transformers treats as the cached part and skips, so the real
+          tokens sit at positions P.. as in training.
+        """
+        if self.prompt_learning is None:
+            return self.model.generate, {"input_ids": input_ids, "attention_mask": mask}, input_ids.shape[1]
+        batch = input_ids.shape[0]
+        if self.prompt_learning == PeftType.PREFIX_TUNING:
+            if self.cfg.static_cache:
+                raise InvalidInput("a prefix-tuning adapter cannot decode with the static cache")
+            cache = self.model.get_prompt(batch_size=batch)
+            virtual = cache.get_seq_length()
+            ones = torch.ones((batch, virtual), dtype=mask.dtype, device=mask.device)
+            placeholders = torch.full_like(ones, self.pad_id, dtype=input_ids.dtype)
+            inputs = {
+                "input_ids": torch.cat((placeholders, input_ids), 1),
+                "attention_mask": torch.cat((ones, mask), 1),
+                self.cache_kwarg: cache,
+            }
+            return self.model.base_model.generate, inputs, virtual + input_ids.shape[1]
+        embeds = self.model.word_embeddings(input_ids)
+        prompt = self.model.get_prompt(batch_size=batch).to(embeds.dtype)
+        ones = torch.ones(prompt.shape[:2], dtype=mask.dtype, device=mask.device)
+        inputs = {
+            "inputs_embeds": torch.cat((prompt, embeds), 1),
+            "attention_mask": torch.cat((ones, mask), 1),
+        }
+        return self.model.base_model.generate, inputs, 0  # with embeddings only, the output is new tokens
+
+    def _finish_row(self, generated: list[int]) -> str:
+        """Count a row's real tokens and turn them into the returned text."""
+        n = len(generated)
+        for i, token in enumerate(generated):
+            if token in self.eos:
+                n = i + 1
+                break
+        else:
+            # After a stopping criterion ended the row, transformers pads it with pad_token_id.
+            while n and generated[n - 1] == self.pad_id:
+                n -= 1
+        self.new_tokens += n
+        text = self.tokenizer.decode(generated[:n], skip_special_tokens=True)
+        if self.cfg.stop_on_repeated_line:
+            text = cut_at_repeated_line(text)
+        return text.rstrip()
+
+    def elapsed(self) -> float:
+        return self.seconds if self.seconds is not None else time.perf_counter() - self.started
+
+    def rate(self) -> dict[str, float]:
+        return {"tokens_per_s": self.new_tokens / max(self.elapsed(), 1e-9)}
+
+    def finish(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+        self.seconds = time.perf_counter() - self.started
+
+    def result(self, texts: list[str]) -> GenerationResult:
+        seconds = self.elapsed()
+        return GenerationResult(
+            texts=texts,
+            new_tokens=self.new_tokens,
+            seconds=seconds,
+            tokens_per_s=self.new_tokens / max(seconds, 1e-9),
+            peak_memory_bytes=self.peak,
+        )
+
+
+PROMPT_LEARNING = (PeftType.P_TUNING, PeftType.PROMPT_TUNING, PeftType.PREFIX_TUNING)
+
+
+def _prompt_learning_type(model: Any) -> PeftType | None:
+    """The peft type of the model's active adapter if it is a prompt-learning one, else None."""
+    peft_config = getattr(model, "active_peft_config", None)
+    kind = getattr(peft_config, "peft_type", None)
+    return kind if kind in PROMPT_LEARNING else None
+
+
+def _cache_kwarg(model: Any) -> str:
+    """The keyword the model's forward takes its KV cache by: `cache` since transformers 5.24,
+    `past_key_values` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def _hf_generation_config(cfg: GenerationConfig, eos: list[int], pad_id: int) -> HFGenerationConfig:
+    """Every decoding setting explicit, so a checkpoint's generation_config.json (a repetition
+    penalty, a default temperature) cannot change what evaluation measures."""
+    sampling = (
+        {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0}
+        if cfg.sample
+        else {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 50}
+    )
+    return HFGenerationConfig(
+        max_new_tokens=cfg.max_new_tokens,
+        num_beams=1,
+        repetition_penalty=1.0,
+        eos_token_id=eos,
+        pad_token_id=pad_id,
+        use_cache=True,
+        **({"cache_implementation": "static"} if cfg.static_cache else {}),
+        **sampling,
+    )

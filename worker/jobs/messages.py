@@ -1,0 +1,77 @@
+"""Sending the one message ft sends, "run job N", and telling a user when the broker cannot take it.
+
+The catalog is the truth about a job; the message carries only its id, so a lost message loses no
+work (the reconciler sends it again) and a duplicate runs nothing twice (the lease drops it).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from sqlalchemy.engine import make_url
+
+from catalog.db import Catalog
+from catalog.errors import ServiceUnavailable
+from catalog.jobs import claim_job, finish_job
+from catalog.models import Job
+from worker.jobs.queues import broker_priority, is_sql
+
+TASK_NAME = "ft.run_job"
+SEND_TIMEOUT_S = 10.0
+
+
+def redact(url: str) -> str:
+    """The broker URL without its password, for messages."""
+    scheme, sep, rest = url.partition("+") if is_sql(url) else ("", "", url)
+    try:
+        shown = make_url(rest).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy-style URL (e.g. redis+socket://)
+        shown = rest
+    return f"{scheme}{sep}{shown}"
+
+
+def check_broker(app: Celery, timeout: float = SEND_TIMEOUT_S) -> None:
+    """Raise ServiceUnavailable (one line) unless the broker answers."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+            conn.default_channel  # noqa: B018  # the SQL transport only opens its database here
+    except Exception as exc:
+        raise ServiceUnavailable(_unreachable(app.conf.broker_url, exc)) from exc
+
+
+def send_job(app: Celery, job_id: int, *, queue: str, priority: int) -> None:
+    """Send the message "run job `job_id`" to `queue`. Raises ServiceUnavailable if it cannot."""
+    try:
+        app.send_task(
+            TASK_NAME,
+            args=[job_id],
+            queue=queue,
+            routing_key=queue,
+            priority=broker_priority(app.conf.broker_url, priority),
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
+        )
+    except Exception as exc:
+        raise ServiceUnavailable(_unreachable(app.conf.broker_url, exc)) from exc
+
+
+def send_or_fail(app: Celery, catalog: Catalog, job: Job) -> None:
+    """Send the message for a job that is already committed as `queued`; if the broker cannot take
+    it, mark the job failed with the reason (so it does not wait forever) and re-raise."""
+    try:
+        send_job(app, job.id, queue=job.queue, priority=job.priority)
+    except ServiceUnavailable as exc:
+        _fail_unsent(catalog, job.id, str(exc))
+        raise
+
+
+def _fail_unsent(catalog: Catalog, job_id: int, error: str) -> None:
+    owner = "ft-submit"  # claims the queued job only to finish it through the state machine
+    if claim_job(catalog, job_id, owner, lease_seconds=60) is not None:
+        with catalog.session() as s:
+            finish_job(s, job_id, owner, "failed", error=f"not sent to the broker: {error}")
+
+
+def _unreachable(url: str, exc: BaseException) -> str:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"cannot reach the broker at {redact(url)} ({reason}); start redis or fix FT_BROKER_URL"

@@ -1,0 +1,95 @@
+"""The reconciler: re-sends jobs whose worker died, so that another worker resumes them.
+
+A job stays `running` with a lease that its worker renews. If the worker dies (SIGKILL, a lost
+machine), the lease runs out; `catalog.jobs.requeue_expired` puts such jobs back to `queued` (or
+fails them after `max_attempts`), and the reconciler sends each one's message again. It runs in
+every worker's main process at start-up and then once per lease period (a worker bootstep), so
+it works the same on every broker. A re-sent job that is meanwhile running elsewhere is dropped
+by the claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery, bootsteps
+
+from catalog.db import Catalog
+from catalog.errors import ServiceUnavailable
+from catalog.jobs import requeue_expired
+from catalog.settings import Settings
+from worker.jobs.messages import send_job
+
+logger = logging.getLogger(__name__)
+
+
+class Reconciler:
+    """Requeue and re-send expired jobs now and every `period` seconds, in a daemon thread."""
+
+    def __init__(self, app: Celery, settings: Settings, period: float | None = None):
+        self.app, self.settings = app, settings
+        self.period = float(period if period is not None else settings.lease_seconds)
+        self._unsent: dict[int, tuple[str, int]] = {}  # job id -> (queue, priority), to try again
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ft-reconciler", daemon=True)
+
+    def run_once(self) -> list[int]:
+        """One pass; returns the ids of the jobs re-sent."""
+        catalog = Catalog(self.settings)  # a short-lived engine: no connection outlives the pass
+        try:
+            for job in requeue_expired(catalog):
+                logger.warning("job %d: its worker stopped renewing the lease; re-queued", job.id)
+                self._unsent[job.id] = (job.queue, job.priority)
+        finally:
+            catalog.dispose()
+        sent = []
+        for job_id, (queue, priority) in list(self._unsent.items()):
+            try:
+                send_job(self.app, job_id, queue=queue, priority=priority)
+            except ServiceUnavailable as exc:
+                logger.error("job %d: %s; will try again", job_id, exc)
+                continue
+            del self._unsent[job_id]
+            sent.append(job_id)
+        return sent
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.run_once()
+            except ServiceUnavailable as exc:  # busy or down: try again next period
+                logger.warning("could not reconcile expired jobs: %s", exc)
+            except Exception:  # a bug; keep the worker running
+                logger.exception("reconciling expired jobs failed")
+            if self._stop.wait(self.period):
+                return
+
+
+class ReconcilerStep(bootsteps.StartStopStep):
+    """Runs a Reconciler in the worker's main process for as long as the worker runs."""
+
+    label = "ft reconciler"
+
+    def __init__(self, worker: Any, **kwargs: Any):
+        super().__init__(worker, **kwargs)
+        self.reconciler: Reconciler | None = None
+
+    def start(self, worker: Any) -> None:
+        self.reconciler = Reconciler(worker.app, worker.app.conf.ft_settings)
+        self.reconciler.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.reconciler is not None:
+            self.reconciler.stop()
+
+    shutdown = stop

@@ -1,0 +1,35 @@
+"""The Celery task: one call to `worker.runner.run_job`, in a fresh worker process per job.
+
+The message carries only the job id; the catalog holds the rest. Nothing heavy is imported here
+(the handler imports torch when it runs), so the worker's parent process never initialises CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Task, shared_task
+
+from catalog.db import Catalog
+from catalog.errors import ServiceUnavailable
+from worker.jobs.messages import TASK_NAME
+from worker.jobs.runner import run_job
+
+
+@shared_task(
+    name=TASK_NAME,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    autoretry_for=(ServiceUnavailable,),  # the catalog was unreachable before the job was claimed
+    retry_backoff=5,
+    retry_backoff_max=300,
+    max_retries=20,
+)
+def run_job_task(self: Task, job_id: int) -> str:
+    catalog = Catalog(self.app.conf.ft_settings)
+    try:
+        return run_job(catalog, job_id, owner=f"{self.request.hostname}:{os.getpid()}")
+    finally:
+        catalog.dispose()

@@ -1,0 +1,140 @@
+"""The `train` job: tokenise (or reuse the cached conversion), train with the chosen method,
+write the artifact atomically, and register the adapter in the transaction that ends the job.
+
+A re-delivered job (its worker died) finds its checkpoints in the job's work directory
+(`ctx.workdir`, in the artifact store's root, so any worker sharing FT_ARTIFACTS can resume it; the
+runner removes it once the job succeeds); the trainer continues from the last complete checkpoint,
+so the step never goes back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from catalog import __version__
+from catalog.adapters import register_adapter
+from catalog.models import Adapter, BaseModel
+from worker.jobs.convert import ensure_conversion
+from worker.jobs.handlers import HANDLERS, Finish, JobCancelled, JobContext
+from worker.spec import TrainSpec
+
+
+@HANDLERS.register("train")
+def run_train(ctx: JobContext) -> Finish:
+    from datasets_prep.convert import load_tokenized
+    from worker.methods.saving import save_artifact
+    from worker.models.directories import model_dir, tokenizer_of
+    from worker.train.engine import TrainHooks, TrainPaths
+    from worker.train.recipe import run_training
+
+    spec = TrainSpec.from_json(ctx.job.spec)
+    cfg = spec.train
+    with ctx.catalog.session() as s:
+        base = s.get_one(BaseModel, spec.data.base_model_id)
+    base_dir = model_dir(ctx.store, base)
+    tokenizer = tokenizer_of(ctx.store, base)
+    conversion = ensure_conversion(ctx, spec.data, tokenizer)
+    train_data = load_tokenized(ctx.store, conversion, "train")
+    eval_data = load_tokenized(ctx.store, conversion, cfg.eval_split) if cfg.eval_split else None
+    ctx.log.info(
+        "training %s: --method %s on %s (%d rows), attempt %d",
+        spec.name, spec.method, spec.dataset_ref, len(train_data), ctx.job.attempts,
+    )  # fmt: skip
+
+    paths = TrainPaths(
+        checkpoints=ctx.workdir / "checkpoints", tensorboard=ctx.settings.logs / f"job-{ctx.job.id}-tb"
+    )
+    last_logged = [-1]
+
+    def on_progress(progress: dict[str, Any]) -> None:
+        ctx.report({"stage": "train", **progress})
+        step = progress.get("step", 0)
+        if step == progress.get("total") or step - last_logged[0] >= cfg.logging_steps:
+            last_logged[0] = step
+            ctx.log.info(
+                "step %s/%s loss %.4f lr %.2e %.0f tok/s",
+                step, progress.get("total"), progress.get("loss") or 0.0, progress.get("lr") or 0.0,
+                progress.get("tokens_per_s") or 0.0,
+            )  # fmt: skip
+
+    model, result, counts = run_training(
+        base_dir, train_data, spec.registered(), spec.method_config, cfg, paths,
+        TrainHooks(on_progress=on_progress, should_stop=ctx.cancelled),
+        eval_data=eval_data, trust_remote_code=base.trust_remote_code,
+    )  # fmt: skip
+    if result.stopped:
+        raise JobCancelled(f"job {ctx.job.id} stopped at step {result.steps}")
+    ctx.report({"stage": "save", "step": result.steps, "total": result.total_steps})
+    saved = spec.to_json()
+    hyper = {
+        "method": saved["method_config"], "train": saved["train"],
+        "max_len": conversion.max_len, "max_source_len": conversion.max_source_len,
+    }  # fmt: skip
+    metrics: dict[str, Any] = {
+        "final_loss": result.final_loss,
+        "eval_loss": result.eval_loss,
+        "train_seconds": round(result.train_seconds, 2),
+        "tokens_seen": result.tokens_seen,
+        "tokens_per_s": round(result.tokens_seen / result.train_seconds, 1) if result.train_seconds else None,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "trainable_params": counts.trainable,
+        "total_params": counts.total,
+        "trainable_percent": round(counts.percent, 4),
+        "steps": result.steps,
+        "skipped_rows": result.skipped_rows,
+        "resumed_from": result.resumed_from,
+        "attempts": ctx.job.attempts,
+    }
+    card = {
+        "name": spec.name,
+        "base_model": f"{base.name} ({base.architecture}, {base.source}: {base.origin or base.uri})",
+        "dataset": spec.dataset_ref,
+        "template": spec.template_ref,
+        "job": ctx.job.id,
+        "hyperparameters": hyper,
+        "metrics": metrics,
+        "ft_version": __version__,
+    }
+    with ctx.store.staging() as staged:
+        save_artifact(model, spec.method, staged, tokenizer=tokenizer, card=card)
+        artifact = ctx.store.commit(staged, "adapters")
+    ctx.log.info("saved %s (%d bytes, sha256 %s)", artifact.uri, artifact.size_bytes, artifact.sha256)
+
+    def finish(session: Session) -> dict[str, Any]:
+        adapter = register_adapter(
+            session,
+            Adapter(
+                name=spec.name,
+                method=spec.method,
+                base_model_id=spec.data.base_model_id,
+                dataset_id=spec.data.dataset_id,
+                template_id=spec.data.template_id,
+                conversion_id=conversion.id,
+                job_id=ctx.job.id,
+                hyperparameters=hyper,
+                artifact_uri=artifact.uri,
+                sha256=artifact.sha256,
+                size_bytes=artifact.size_bytes,
+                trainable_params=counts.trainable,
+                total_params=counts.total,
+                peak_memory_bytes=result.peak_memory_bytes,
+                train_seconds=result.train_seconds,
+                tokens_seen=result.tokens_seen,
+                final_loss=result.final_loss,
+                metrics=metrics,
+                ft_version=__version__,
+                created_by=ctx.job.submitted_by,
+            ),
+        )
+        return {
+            "adapter": adapter.name,
+            "adapter_id": adapter.id,
+            "artifact_uri": adapter.artifact_uri,
+            "final_loss": result.final_loss,
+            "steps": result.steps,
+            "resumed_from": result.resumed_from,
+        }
+
+    return finish

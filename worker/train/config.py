@@ -1,0 +1,134 @@
+"""The hyper-parameters every training method shares (`TrainConfig`), validated on construction.
+
+A job spec stores `dataclasses.asdict(cfg)`; `TrainConfig.from_dict` rebuilds it (unknown keys are
+refused). `lr`, `epochs` and `optimizer` may be left None: the method supplies its defaults
+(`cfg.with_method_defaults(get_method(name))`), e.g. lr 2e-3 and 4 epochs for lora, 1e-4 and 8 epochs for
+freeze, paged 8-bit AdamW for qlora. Every error names the CLI flag that fixes it.
+
+The defaults (an effective batch of 32 = 8 x 4 accumulation, 2048 tokens, and each method's lr, epochs
+and flags) are the settings that did best in the tuning sweep of issue #4: SmolLM2-135M-Instruct on the
+fault-triple data, one H100 (bench/results/quality-faults-*.json, README "Quality"). Larger models
+usually want a lower --lr (LoRA on 7B: about 2e-4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from catalog.errors import InvalidInput
+
+SCHEDULERS = ("cosine", "linear", "constant")
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run."""
+
+    epochs: int | None = None
+    """Passes over the training split (--epochs); None takes the method's default."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps even if epochs remain (--max-steps)."""
+    lr: float | None = None
+    """Peak learning rate (--lr); None takes the method's default."""
+    batch_size: int = 8
+    """Examples per micro-batch (--batch-size)."""
+    grad_accum: int = 4
+    """Micro-batches per optimizer step (--grad-accum); the effective batch is batch_size x grad_accum."""
+    seed: int = 42
+    """Seed of adapter initialisation, data order and dropout (--seed)."""
+    save_steps: int = 200
+    """Write a checkpoint every N optimizer steps, and at the end (--save-steps)."""
+    save_total_limit: int = 2
+    """Keep only the last N checkpoints (--save-total-limit)."""
+    warmup_ratio: float = 0.03
+    """Share of the steps spent warming the learning rate up linearly (--warmup-ratio)."""
+    warmup_steps: int | None = None
+    """Warm-up length in steps; overrides --warmup-ratio when given (--warmup-steps)."""
+    scheduler: str = "cosine"
+    """Learning-rate decay after warm-up: cosine, linear or constant (--scheduler)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay, not applied to biases and norms (--weight-decay)."""
+    max_grad_norm: float = 1.0
+    """Clip the gradient norm to this (--max-grad-norm); 0 disables clipping."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: far less memory, ~30% slower (--gradient-checkpointing)."""
+    optimizer: str | None = None
+    """adamw, adamw_8bit or paged_adamw_8bit (--optimizer; 8-bit: bitsandbytes); None: the method's."""
+    eval_split: str | None = None
+    """Dataset split whose loss is measured every --eval-steps and at the end (--eval-split); None: none."""
+    eval_steps: int | None = None
+    """Evaluate every N optimizer steps (--eval-steps); None: at --save-steps."""
+    logging_steps: int = 10
+    """Write TensorBoard scalars and a log line every N optimizer steps (--logging-steps)."""
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None:
+            _whole(self.epochs, "--epochs", minimum=1)
+        if self.max_steps is not None:
+            _whole(self.max_steps, "--max-steps", minimum=1)
+        if self.lr is not None and not (isinstance(self.lr, int | float) and 0 < self.lr < 1):
+            raise InvalidInput(f"--lr must be a number in (0, 1) (got {self.lr!r})")
+        _whole(self.batch_size, "--batch-size", minimum=1)
+        _whole(self.grad_accum, "--grad-accum", minimum=1)
+        _whole(self.seed, "--seed", minimum=0)
+        _whole(self.save_steps, "--save-steps", minimum=1)
+        _whole(self.save_total_limit, "--save-total-limit", minimum=1)
+        if not 0 <= self.warmup_ratio < 1:
+            raise InvalidInput(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.warmup_steps is not None:
+            _whole(self.warmup_steps, "--warmup-steps", minimum=0)
+        if self.scheduler not in SCHEDULERS:
+            raise InvalidInput(f"--scheduler must be one of {', '.join(SCHEDULERS)} (got {self.scheduler!r})")
+        if self.weight_decay < 0:
+            raise InvalidInput(f"--weight-decay must be >= 0 (got {self.weight_decay})")
+        if self.max_grad_norm < 0:
+            raise InvalidInput(
+                f"--max-grad-norm must be >= 0 (got {self.max_grad_norm}; 0 disables clipping)"
+            )
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise InvalidInput(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer!r})")
+        if self.eval_steps is not None:
+            _whole(self.eval_steps, "--eval-steps", minimum=1)
+        _whole(self.logging_steps, "--logging-steps", minimum=1)
+
+    @property
+    def effective_batch(self) -> int:
+        """Examples per optimizer step."""
+        return self.batch_size * self.grad_accum
+
+    def warmup_for(self, total_steps: int) -> int:
+        """Warm-up steps of a run of `total_steps`."""
+        if self.warmup_steps is not None:
+            return min(self.warmup_steps, total_steps)
+        return int(self.warmup_ratio * total_steps)
+
+    def with_method_defaults(self, method: Any) -> TrainConfig:
+        """A copy with `lr`, `epochs` and `optimizer` filled from the method (a worker.methods.Method)
+        when unset."""
+        return dataclasses.replace(
+            self,
+            lr=self.lr if self.lr is not None else method.default_lr,
+            epochs=self.epochs if self.epochs is not None else method.default_epochs,
+            optimizer=self.optimizer if self.optimizer is not None else method.optimizer,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form stored in the job spec."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild from `to_dict()` output; unknown keys are refused with the accepted flags."""
+        from worker.methods import config_from_dict
+
+        return config_from_dict(cls, data, what="training")
+
+
+def _whole(value: Any, flag: str, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{flag} must be a whole number (got {value!r})")
+    if value < minimum:
+        raise InvalidInput(f"{flag} must be >= {minimum} (got {value})")

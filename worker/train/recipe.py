@@ -1,0 +1,59 @@
+"""The recipe a train job runs: load the base as the method wants it, make it trainable, train.
+
+    model, result, counts = run_training(base_dir, train_ds, get_method("lora"), LoraMethodConfig(rank=16),
+                                         cfg, TrainPaths(ckpt_dir, tb_dir), hooks)
+
+`cfg` arrives resolved (the method's lr, epochs and optimizer filled in at submit, by
+`TrainConfig.with_method_defaults`); nothing is looked up or defaulted again here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from worker.methods import Method
+from worker.models.loading import ParamCounts, count_parameters, default_device, load_base, load_tokenizer
+from worker.models.loading import pad_token_id as tokenizer_pad_id
+from worker.train.config import TrainConfig
+from worker.train.engine import TrainHooks, TrainPaths, TrainResult, train
+from worker.train.optimization import seed_everything
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def run_training(
+    base_model_dir: Path | str,
+    train_data: Any,
+    method: Method,
+    method_cfg: Any,
+    cfg: TrainConfig,
+    paths: TrainPaths,
+    hooks: TrainHooks | None = None,
+    *,
+    eval_data: Any = None,
+    resume: bool = True,
+    device: torch.device | str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[nn.Module, TrainResult, ParamCounts]:
+    """Load the base, make it trainable with `method` and its config, train. Quantised methods are
+    refused before anything is loaded when bitsandbytes cannot run on the device."""
+    if not isinstance(method_cfg, method.config):
+        raise TypeError(
+            f"--method {method.name} takes a {method.config.__name__}, not {type(method_cfg).__name__}"
+        )
+    device = torch.device(device) if device is not None else default_device()
+    load_kwargs = method.load_kwargs(method_cfg, device)
+    tokenizer = load_tokenizer(base_model_dir, trust_remote_code=trust_remote_code)
+    seed_everything(cfg.seed)  # adapter initialisation
+    base = load_base(base_model_dir, device, trust_remote_code=trust_remote_code, **load_kwargs)
+    model = method.prepare(base, method_cfg)
+    counts = count_parameters(model)
+    result = train(
+        model, train_data, cfg, out=paths, hooks=hooks, pad_id=tokenizer_pad_id(tokenizer),
+        eval_data=eval_data, resume=resume,
+    )  # fmt: skip
+    return model, result, counts
