@@ -67,11 +67,11 @@ def test_smoke_run_through_the_real_commands(tiny_model_dir, tmp_path, monkeypat
     names = sorted(record["adapters"])
     assert names == ["faults-lora-lr1e-3-s42", "faults-lora-s1", "faults-lora-s42"]
     for adapter in record["adapters"].values():
-        assert "validation" in adapter and adapter["spec"]["convert"]["max_source_len"] == 192  # 3/4 of 256
+        assert "validation" in adapter and adapter["spec"]["data"]["max_source_len"] == 192  # 3/4 of 256
         assert ("test" in adapter) == adapter["default"]  # candidates are never scored on test
         assert (
             adapter["spec"]["train"]["seed"] == adapter["seed"]
-            and adapter["spec"]["template_ref"] == "chat:1"
+            and adapter["spec"]["data"]["template_ref"] == "chat:1"
         )
     (row,) = [r for r in record["rows"] if r["variant"] == "lora"]
     assert row["seeds"] == [42, 1] and len(row["test"]["values"]) == 2 and row["test"]["std"] >= 0
