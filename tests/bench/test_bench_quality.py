@@ -34,6 +34,7 @@ def test_the_recipes_are_the_defaults_of_ft_methods_list(recipes):
         assert {k: shown[k] for k in ("lr", "epochs", "optimizer", "flags")} == expected, name
     train, cfg = defaults["train"], TrainConfig()
     assert (train["batch_size"], train["grad_accum"]) == (cfg.batch_size, cfg.grad_accum)
+    assert train["max_tokens_per_batch"] == cfg.max_tokens_per_batch
     assert train["max_len"] == ConvertSpec.__dataclass_fields__["max_len"].default == DEFAULT_MAX_LEN
     assert train["max_source_len"] == default_max_source_len(DEFAULT_MAX_LEN) and train["template"] == CHAT
     decoding = Decoding()

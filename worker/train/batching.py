@@ -102,13 +102,41 @@ class StepPlan:
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
 
-    def micro_batches(self, step: int) -> list[list[int]]:
-        """Row indices of the micro-batches of optimizer step `step` (0-based)."""
+    def micro_batches(self, step: int, max_tokens: int = 0, multiple_of: int = 1) -> list[list[int]]:
+        """Row indices of the micro-batches of optimizer step `step` (0-based): `grad_accum` batches of
+        `batch_size` rows, or, with `max_tokens`, the same rows regrouped by `by_token_budget`. Which rows
+        make up a step never depends on `max_tokens`, so the update (and a resume) is the same."""
         epoch = self.epoch_of(step)
         if self._cache is None or self._cache[0] != epoch:
             self._cache = (epoch, plan_epoch(self.rows.lengths, self.batch_size, self.seed, epoch))
         k = step % self.steps_per_epoch
-        return self._cache[1][k * self.grad_accum : (k + 1) * self.grad_accum]
+        batches = self._cache[1][k * self.grad_accum : (k + 1) * self.grad_accum]
+        if not max_tokens:
+            return batches
+        return by_token_budget([i for b in batches for i in b], self.rows.lengths, max_tokens, multiple_of)
+
+
+def by_token_budget(
+    indices: list[int], lengths: list[int], budget: int, multiple_of: int = 1
+) -> list[list[int]]:
+    """`indices` as micro-batches of at most `budget` padded tokens each (rows x the width of the batch's
+    longest row, rounded up to `multiple_of`), longest rows first; a row wider than the budget goes alone.
+
+    A step of short rows then runs as one or two full forward passes instead of `grad_accum` small ones:
+    a small model on a GPU is bound by kernel launches, not by arithmetic, at a few thousand tokens."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    for i in sorted(indices, key=lambda i: -lengths[i]):
+        if current and (len(current) + 1) * width > budget:
+            batches.append(current)
+            current = []
+        if not current:
+            width = math.ceil(lengths[i] / multiple_of) * multiple_of
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def collate(rows: Rows, indices: list[int], pad_id: int, multiple_of: int = 1) -> dict[str, torch.Tensor]:

@@ -34,9 +34,15 @@ class TrainConfig:
     lr: float | None = None
     """Peak learning rate (--lr); None takes the method's default."""
     batch_size: int = 8
-    """Examples per micro-batch (--batch-size)."""
+    """Rows per micro-batch, when --max-tokens-per-batch is 0 (--batch-size)."""
     grad_accum: int = 4
-    """Micro-batches per optimizer step (--grad-accum); the effective batch is batch_size x grad_accum."""
+    """Micro-batches per optimizer step (--grad-accum): each step trains on batch_size x grad_accum rows
+    (the effective batch), however they are grouped into micro-batches."""
+    max_tokens_per_batch: int = 16384
+    """Group each optimizer step's rows into micro-batches of at most this many tokens (rows x padded
+    length), longest first, instead of batch_size rows each: the same rows and the same update in fewer,
+    fuller forward passes (--max-tokens-per-batch; 0: batch_size rows a micro-batch). 16384 holds 8 rows
+    of 2048 tokens, the memory of the old default, and a whole step of the fault reports' short rows."""
     seed: int = 42
     """Seed of adapter initialisation, data order and dropout (--seed)."""
     save_steps: int = 200
@@ -53,6 +59,10 @@ class TrainConfig:
     """AdamW weight decay, not applied to biases and norms (--weight-decay)."""
     max_grad_norm: float = 1.0
     """Clip the gradient norm to this (--max-grad-norm); 0 disables clipping."""
+    fused_kernels: bool = True
+    """Liger's fused Triton kernels on a CUDA GPU (RMSNorm, RoPE, SwiGLU, a cross-entropy that never
+    materialises the logits): less memory and time (--no-fused-kernels: transformers' own; needs
+    liger-kernel, `pip install ft[gpu]`; no effect on a CPU)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: far less memory, ~30% slower (--gradient-checkpointing)."""
     optimizer: str | None = None
@@ -73,6 +83,7 @@ class TrainConfig:
             raise InvalidInput(f"--lr must be a number in (0, 1) (got {self.lr!r})")
         _whole(self.batch_size, "--batch-size", minimum=1)
         _whole(self.grad_accum, "--grad-accum", minimum=1)
+        _whole(self.max_tokens_per_batch, "--max-tokens-per-batch", minimum=0)
         _whole(self.seed, "--seed", minimum=0)
         _whole(self.save_steps, "--save-steps", minimum=1)
         _whole(self.save_total_limit, "--save-total-limit", minimum=1)

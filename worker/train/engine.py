@@ -107,9 +107,19 @@ def model_device(model: nn.Module) -> torch.device:
 def _oom_error(step: int, cfg: TrainConfig, longest: int, device: torch.device) -> TrainingOOM:
     total = torch.cuda.get_device_properties(device).total_memory / 2**30
     return TrainingOOM(
-        f"CUDA out of memory at step {step} (micro-batch {cfg.batch_size} x up to {longest} tokens, "
-        f"{total:.0f} GiB GPU): lower --batch-size (raise --grad-accum to keep the effective batch), add "
-        "--gradient-checkpointing, lower --max-len, or use --method qlora"
+        f"CUDA out of memory at step {step} (micro-batches of "
+        + (
+            f"up to {cfg.max_tokens_per_batch} tokens"
+            if cfg.max_tokens_per_batch
+            else f"{cfg.batch_size} rows"
+        )
+        + f", rows of up to {longest} tokens, {total:.0f} GiB GPU): lower "
+        + (
+            "--max-tokens-per-batch"
+            if cfg.max_tokens_per_batch
+            else "--batch-size (raise --grad-accum to keep the effective batch)"
+        )
+        + ", add --gradient-checkpointing, lower --max-len, or use --method qlora"
     )
 
 
@@ -297,7 +307,12 @@ def train(
             lr = scheduler.get_last_lr()[0]
             try:
                 step_loss, tokens = _accumulate(
-                    model, rows, plan.micro_batches(step), pad_id, pad_to, autocast
+                    model,
+                    rows,
+                    plan.micro_batches(step, cfg.max_tokens_per_batch, pad_to),
+                    pad_id,
+                    pad_to,
+                    autocast,
                 )
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

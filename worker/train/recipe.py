@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,10 +20,13 @@ from worker.models.loading import ParamCounts, count_parameters, default_device,
 from worker.models.loading import pad_token_id as tokenizer_pad_id
 from worker.train.config import TrainConfig
 from worker.train.engine import TrainHooks, TrainPaths, TrainResult, train
+from worker.train.kernels import apply_fused_kernels
 from worker.train.optimization import seed_everything
 
 if TYPE_CHECKING:
     from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def run_training(
@@ -50,6 +54,8 @@ def run_training(
     tokenizer = load_tokenizer(base_model_dir, trust_remote_code=trust_remote_code)
     seed_everything(cfg.seed)  # adapter initialisation
     base = load_base(base_model_dir, device, trust_remote_code=trust_remote_code, **load_kwargs)
+    if cfg.fused_kernels:
+        log.info("%s", apply_fused_kernels(base))
     model = method.prepare(base, method_cfg)
     counts = count_parameters(model)
     result = train(

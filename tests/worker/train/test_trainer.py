@@ -55,8 +55,13 @@ def test_training_drives_the_loss_down(tiny_model_dir, rows, tmp_path, method, f
 
 def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, rows, tmp_path):
     def one_step(batch_size: int, grad_accum: int):
-        cfg = TrainConfig(
-            max_steps=1, batch_size=batch_size, grad_accum=grad_accum, lr=1e-3, warmup_ratio=0.0
+        cfg = TrainConfig(  # rows per micro-batch as given (no token budget), so accumulation is tested
+            max_steps=1,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            lr=1e-3,
+            warmup_ratio=0.0,
+            max_tokens_per_batch=0,
         )
         model, result, _ = run_cpu(
             tiny_model_dir, rows, "full", {}, cfg, TrainPaths(tmp_path / f"c{batch_size}x{grad_accum}")
@@ -199,3 +204,25 @@ def test_train_needs_resolved_lr_and_reports_oom_as_user_error(tiny_model_dir, r
     with pytest.raises(InvalidInput, match="--lr"):
         train(model, rows, TrainConfig(), out=TrainPaths(tmp_path / "c"), pad_id=3)
     assert issubclass(TrainingOOM, InvalidInput)
+
+
+def test_token_budget_micro_batches_make_the_same_update(tiny_model_dir, rows, tmp_path):
+    def one_step(budget: int):
+        cfg = TrainConfig(max_steps=2, batch_size=1, grad_accum=4, lr=1e-3, max_tokens_per_batch=budget)
+        model, result, _ = run_cpu(tiny_model_dir, rows, "full", {}, cfg, TrainPaths(tmp_path / f"c{budget}"))
+        return result.losses, dict(model.named_parameters())
+
+    losses_rows, rows_params = one_step(0)  # 4 micro-batches of 1 row a step
+    losses_packed, packed_params = one_step(16384)  # the same 4 rows in 1 micro-batch
+    assert losses_packed == pytest.approx(losses_rows, rel=1e-5)
+    assert all(torch.allclose(rows_params[n], packed_params[n], atol=1e-5) for n in rows_params)
+
+
+def test_by_token_budget_groups_longest_first_within_the_budget():
+    from worker.train.batching import by_token_budget
+
+    lengths = [10, 50, 20, 40, 30, 200]
+    assert by_token_budget([0, 1, 2, 3, 4], lengths, 100) == [[1, 3], [4, 2, 0]]
+    assert by_token_budget([0, 5], lengths, 100) == [[5], [0]]  # too wide for the budget: alone
+    assert by_token_budget([0, 2], lengths, 48, multiple_of=8) == [[2, 0]]  # 2 x 24 padded tokens
+    assert sorted(i for b in by_token_budget(list(range(6)), lengths, 64) for i in b) == list(range(6))

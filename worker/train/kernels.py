@@ -1,0 +1,48 @@
+"""Fused training kernels: Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, and the fused linear
+cross-entropy that computes the loss chunk by chunk without materialising the logits) on the base
+model, before a method wraps it. With a 49k-150k vocabulary the logits of a 16k-token micro-batch alone
+are 3-10 GB in fp32; fused, they never exist. liger-kernel is what the field uses for this (TRL and
+axolotl call the same entry point); it needs a CUDA GPU and is the `gpu` extra (`pip install ft[gpu]`).
+`--no-fused-kernels` leaves the model as transformers built it (the bench measures both)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def fused_kernels_problem(model: Any) -> str | None:
+    """Why Liger's kernels cannot be applied to `model` here, or None if they can."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return f"they run on CUDA GPUs and the model is on {device.type}"
+    if importlib.util.find_spec("liger_kernel") is None:
+        return "liger-kernel is not installed (pip install 'ft[gpu]')"
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        return f"Liger has no kernels for model type {model_type!r}"
+    return None
+
+
+def apply_fused_kernels(model: Any) -> str:
+    """Patch `model` in place with Liger's kernels when possible; returns what was done, for the log."""
+    problem = fused_kernels_problem(model)
+    if problem:
+        return f"fused kernels not applied: {problem}"
+    from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(
+        model=model,
+        rope=True,
+        rms_norm=True,
+        swiglu=True,
+        cross_entropy=False,
+        fused_linear_cross_entropy=True,
+    )
+    kinds = "RMSNorm, RoPE, SwiGLU, fused linear cross-entropy"
+    return f"fused kernels applied to {model.config.model_type} (Liger: {kinds})"
