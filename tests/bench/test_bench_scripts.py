@@ -57,3 +57,30 @@ def test_seed_repeats_count_as_their_mean():
     assert [r["variant"] for r in merged if r is not mean] == ["q"]
     # one seed alone is not a mean
     assert summary.merge_seeds(rows[:1], ["f1"]) == rows[:1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_train_throughput_runs_both_paths_on_the_same_rows(tiny_model_dir, tmp_path):
+    from tests.worker.train_helpers import tokenised_rows
+
+    data = tokenised_rows(tiny_model_dir, 8)
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    (rows / "faults.json").write_text(json.dumps({
+        "input_ids": list(data["input_ids"]), "labels": list(data["labels"]), "pad_id": 3,
+        "source": "tiny rows",
+    }))  # fmt: skip
+    bench = _load("train_throughput")
+    bench.SHAPES["tiny"] = dict(model_type="llama", hidden_size=64, intermediate_size=128,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                vocab_size=1024)  # fmt: skip
+    path = bench.main([
+        "--rows", str(rows), "--shape", "tiny", "--data", "faults", "--limit", "8", "--batch-size", "2",
+        "--grad-accum", "2", "--warmup", "1", "--steps", "1", "--model-dir", str(tmp_path / "m"),
+        "--out", str(tmp_path),
+    ])  # fmt: skip
+    result = json.loads(path.read_text())["results"]["faults"]
+    losses = {v: result[v]["fixed_batch_loss"] for v in ("baseline", "ft-rows", "ft", "ft-fused")}
+    assert len(set(losses.values())) == 1  # the same model and batch through both paths (no Liger on CPU)
+    assert all(result[v]["real_tokens_per_s"] > 0 for v in losses) and result["ft"]["speed_vs_baseline"] > 0
