@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> Path:
     record = {
         "command": " ".join(["python", "bench/profile_train_step.py", *(sys.argv[1:] if argv is None else
         argv)]),
+        "commit": os.environ.get("FT_COMMIT") or subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
         "device": torch.cuda.get_device_name(0), "settings": vars(args) | {"rows": str(args.rows), "out":
         str(args.out)},
         "steps_profiled": args.steps, "self_cpu_ms_per_step": round(total_cpu / 1e3 / args.steps, 1),

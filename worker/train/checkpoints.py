@@ -3,7 +3,8 @@
 A checkpoint is a directory `step-000000123/` under the run's checkpoint root holding
 - `trainable.safetensors`: the trainable parameters only (adapter / prompt / unfrozen blocks / all),
 - `optimizer.pt`, `scheduler.pt`: their state dicts,
-- `rng.pt`: python, numpy, torch and CUDA generator states,
+- `rng.safetensors` + `rng.json`: torch's and CUDA's generator states (tensors), python's and numpy's
+  (numbers): nothing in a checkpoint is unpickled on resume (a crafted file must not run code),
 - `state.json`: the trainer's position (step, tokens seen, losses so far, run fingerprint),
 - `COMPLETE`: written last, listing the files and their sizes.
 Everything is written into a hidden temporary directory, fsync'd, and renamed into place; a directory
@@ -31,7 +32,8 @@ from catalog.store import fsync_path
 
 MARKER = "COMPLETE"
 WEIGHTS = "trainable.safetensors"
-FILES = (WEIGHTS, "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
+RNG_TENSORS, RNG_NUMBERS = "rng.safetensors", "rng.json"
+FILES = (WEIGHTS, "optimizer.pt", "scheduler.pt", RNG_TENSORS, RNG_NUMBERS, "state.json")
 _NAME = re.compile(r"^step-(\d{9})$")
 
 
@@ -45,25 +47,43 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def rng_state() -> dict[str, Any]:
-    """Every random generator the training loop uses (dropout, sampling)."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
+def save_rng_state(directory: Path) -> None:
+    """Every random generator the training loop uses (dropout, sampling): torch's and each CUDA
+    device's as tensors (safetensors), python's and numpy's as numbers (JSON)."""
+    tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        tensors |= {f"cuda.{i}": t for i, t in enumerate(torch.cuda.get_rng_state_all())}
+    save_file(tensors, directory / RNG_TENSORS)
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numbers = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
+    }
+    (directory / RNG_NUMBERS).write_text(json.dumps(numbers))
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` captured."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def load_rng_state(directory: Path) -> None:
+    """Restore what `save_rng_state` wrote; reads only tensors and JSON numbers."""
+    tensors = load_file(directory / RNG_TENSORS)
+    numbers = json.loads((directory / RNG_NUMBERS).read_text())
+    try:
+        version, internal, gauss = numbers["python"]
+        random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+        kind, keys, pos, has_gauss, cached = numbers["numpy"]
+        np.random.set_state(
+            (str(kind), np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached))
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInput(
+            f"checkpoint {directory}: {RNG_NUMBERS} is damaged ({exc}); delete it to start over"
+        ) from exc
+    torch.set_rng_state(tensors["torch"])
+    cuda = [
+        tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))
+    ]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def is_complete(path: Path) -> bool:
@@ -117,7 +137,7 @@ def save_checkpoint(
     save_file(trainable_state(model), tmp / WEIGHTS)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
+    save_rng_state(tmp)
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
     for name in FILES:
         fsync_path(tmp / name)
@@ -170,5 +190,5 @@ def load_checkpoint(
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     # Our own file, holding python/numpy generator states that weights_only cannot represent.
-    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    load_rng_state(path)
     return read_state(path)

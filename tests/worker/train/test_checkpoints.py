@@ -4,6 +4,7 @@ continues from the saved step and ends with the same weights as an uninterrupted
 from __future__ import annotations
 
 import json
+import pickle
 import random
 
 import pytest
@@ -142,3 +143,23 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny_model_dir, rows, tmp
     assert fresh.resumed_from is None
     with pytest.raises(InvalidInput, match="does not match this model's trainable parameters"):
         _lora_run(tiny_model_dir, rows, tmp_path / "c", max_steps=3, lora={"rank": 4})
+
+
+class _Payload:
+    """Unpickling this runs code: it writes a marker file (what a crafted checkpoint file would do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_planted_pickle_in_a_checkpoint_never_runs(tiny_model_dir, rows, tmp_path):
+    ckpt, marker = tmp_path / "ckpt", tmp_path / "payload-ran"
+    _, first, _ = _lora_run(tiny_model_dir, rows, ckpt, stop_after=4)
+    (step, path), *_ = reversed(list_checkpoints(ckpt))
+    torch.save({"python": _Payload(marker)}, path / "rng.pt")  # where ft kept a pickle before
+    (path / "extra.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    _, second, _ = _lora_run(tiny_model_dir, rows, ckpt)
+    assert not marker.exists() and second.resumed_from == step and second.steps == 8
