@@ -15,6 +15,7 @@ the command, the recipes, every job's resolved spec (max_source_len, seed and al
 
 The run can be cut and started again with the same --home: what was trained or evaluated is kept, and
 jobs still queued or running are waited for (--budget-s bounds one call; exit code 3: call again).
+Either way the results of what finished are written, with `complete` false until everything has.
 """
 
 from __future__ import annotations
@@ -156,82 +157,91 @@ class Bench:
     # ------------------------------------------------------------ the runs
 
     def planned(self) -> list[dict[str, Any]]:
-        """Every adapter of this run: the defaults at every seed, the candidates at the first seed."""
+        """Every adapter of this run, seed by seed: all defaults and the candidates at the first seed,
+        then the defaults at each further seed (a run cut short still has whole seeds)."""
         seeds = self.args.seeds or self.recipes["seeds"]
         wanted = self.args.variants or list(self.recipes["variants"])
         plan = []
-        for variant in wanted:
-            spec = self.recipes["variants"][variant]
-            for seed in seeds:
+        for i, seed in enumerate(seeds):
+            for variant in wanted:
+                spec = self.recipes["variants"][variant]
                 plan.append({"variant": variant, "default": True, "seed": seed, **spec})
-        if not self.args.no_candidates:
-            for variant, spec in self.recipes["candidates"].items():
-                if spec["against"] in wanted:
-                    plan.append({"variant": variant, "default": False, "seed": seeds[0], **spec})
+            if i == 0 and not self.args.no_candidates:
+                for variant, spec in self.recipes["candidates"].items():
+                    if spec["against"] in wanted:
+                        plan.append({"variant": variant, "default": False, "seed": seed, **spec})
         for entry in plan:
             entry["name"] = f"{self.args.task}-{entry['variant']}-s{entry['seed']}"
         return plan
 
-    def submit_training(self, plan: list[dict[str, Any]]) -> None:
-        existing = {a["name"] for a in self.ft.json("adapters", "list", "--json")}
-        for entry in plan:
-            name = entry["name"]
-            if name in existing or name in self.state["jobs"]:
+    def submit_training(self, entry: dict[str, Any]) -> None:
+        cmd = ["submit", "train", "--method", entry["method"], *entry.get("flags", []), "-m", MODEL, "-d",
+               self.args.task, "--name", entry["name"], "--seed", str(entry["seed"]), "--json"]  # fmt: skip
+        if self.args.smoke:
+            cmd += SMOKE_TRAIN
+        self.state["jobs"][entry["name"]] = self.ft.json(*cmd)["id"]
+        self.save_state()
+
+    def submit_evaluations(self, entry: dict[str, Any]) -> None:
+        """An adapter is scored on validation (and, a default, on test) as soon as it is trained; the
+        untuned base rides with the first job of each split."""
+        for split in ("validation", "test") if entry["default"] else ("validation",):
+            key = f"eval {split} {entry['name']}"
+            if key in self.state["jobs"]:
                 continue
-            cmd = ["submit", "train", "--method", entry["method"], *entry.get("flags", []), "-m", MODEL,
-                   "-d", self.args.task, "--name", name, "--seed", str(entry["seed"]), "--json"]  # fmt: skip
+            cmd = ["submit", "eval", entry["name"], "--metric", self.task["metric"],
+                   "--dataset", f"{self.args.task}:{split}", "--json"]  # fmt: skip
+            if not any(k.startswith(f"eval {split} ") for k in self.state["jobs"]):
+                cmd += ["--base", MODEL]
             if self.args.smoke:
-                cmd += SMOKE_TRAIN
-            self.state["jobs"][name] = self.ft.json(*cmd)["id"]
+                cmd += SMOKE_EVAL
+            job = self.ft.json(*cmd)
+            self.state["jobs"][key] = job["id"] if isinstance(job, dict) else job[0]["id"]
             self.save_state()
 
-    def submit_evaluations(self, plan: list[dict[str, Any]]) -> None:
-        """One eval job per variant and split (its seeds stack in one pass when they are LoRA adapters);
-        the untuned base rides with the first job of each split."""
-        for split in ("validation", "test"):
-            first = True
-            for variant in dict.fromkeys(e["variant"] for e in plan):
-                members = [e for e in plan if e["variant"] == variant]
-                if split == "test" and not members[0]["default"]:
-                    continue  # candidates are never scored on test
-                key = f"eval {split} {variant}"
-                if key in self.state["jobs"]:
-                    first = False
-                    continue
-                cmd = ["submit", "eval", *(e["name"] for e in members), "--metric", self.task["metric"],
-                       "--dataset", f"{self.args.task}:{split}", "--json"]  # fmt: skip
-                if first:
-                    cmd += ["--base", MODEL]
-                if self.args.smoke:
-                    cmd += SMOKE_EVAL
-                job = self.ft.json(*cmd)
-                self.state["jobs"][key] = job["id"] if isinstance(job, dict) else job[0]["id"]
-                self.save_state()
-                first = False
-
-    def wait(self, names: list[str], deadline: float) -> bool:
-        """Wait for the jobs recorded under `names`; False if the deadline came first."""
-        names = [n for n in names if n in self.state["jobs"]]  # adapters of an earlier run have no job here
+    def run(self, plan: list[dict[str, Any]], deadline: float) -> bool:
+        """Keep at most --concurrency training jobs queued or running (the embedded broker is first-in
+        first-out, so evaluations submitted as adapters finish run before the rest of the training);
+        True when every job is done, False when the deadline came first."""
+        done_states = ("succeeded", "failed", "cancelled")
         while True:
             listed = {j["id"]: j for j in self.ft.json("jobs", "list", "--limit", "100000", "--json")}
-            jobs = {n: listed[self.state["jobs"][n]] for n in names}
-            failed = {n: j["error"] for n, j in jobs.items() if j["status"] in ("failed", "cancelled")}
+            jobs = {k: listed[v] for k, v in self.state["jobs"].items() if v in listed}
+            failed = {k: j["error"] for k, j in jobs.items() if j["status"] in ("failed", "cancelled")}
             self.state["failed"] = {**self.state.get("failed", {}), **failed}
-            if all(j["status"] in ("succeeded", "failed", "cancelled") for j in jobs.values()):
-                if failed:  # reported with the results; the other jobs' results still count
-                    print(f"jobs failed: {json.dumps(failed, ensure_ascii=False)[:3000]}", flush=True)
+            for entry in plan:
+                if jobs.get(entry["name"], {}).get("status") == "succeeded":
+                    self.submit_evaluations(entry)
+            training = [e for e in plan if e["name"] in jobs and jobs[e["name"]]["status"] not in done_states]
+            for entry in [e for e in plan if e["name"] not in self.state["jobs"]][
+                : max(0, self.args.concurrency - len(training))
+            ]:
+                self.submit_training(entry)
+            pending = [e for e in plan if e["name"] not in self.state["jobs"]]
+            listed = {j["id"]: j for j in self.ft.json("jobs", "list", "--limit", "100000", "--json")}
+            active = {
+                k: listed[v] for k, v in self.state["jobs"].items() if listed[v]["status"] not in done_states
+            }
+            untested = [e for e in plan if jobs.get(e["name"], {}).get("status") == "succeeded"
+                        and f"eval validation {e['name']}" not in self.state["jobs"]]  # fmt: skip
+            if not pending and not active and not untested:
+                if self.state["failed"]:  # reported with the results; the other jobs' results still count
+                    failed_json = json.dumps(self.state["failed"], ensure_ascii=False)
+                    print(f"jobs failed: {failed_json[:3000]}", flush=True)
                 return True
             if time.monotonic() > deadline:
-                running = {n: j["progress"] for n, j in jobs.items() if j["status"] == "running"}
+                running = {k: j["progress"] for k, j in active.items() if j["status"] == "running"}
                 print(f"not finished yet; running: {json.dumps(running)[:1500]}", flush=True)
                 return False
-            time.sleep(10)
+            time.sleep(self.args.poll_s)
 
     # ------------------------------------------------------------ the report
 
     def report(self, plan: list[dict[str, Any]]) -> dict[str, Any]:
         headline = ""
         scores: dict[str, dict[str, Any]] = {}
+        trained = {a["name"] for a in self.ft.json("adapters", "list", "--json")}
+        plan = [e for e in plan if e["name"] in trained]
         for entry in plan:
             evals = self.ft.json("adapters", "evals", entry["name"], "--json")
             headline = headline or next((ev["headline"] for ev in evals if ev["headline"]), "")
@@ -246,8 +256,8 @@ class Bench:
                 "total_params": adapter.get("total_params"),
                 **{ev["split"]: ev["metrics"] for ev in evals if ev["dataset"].startswith(self.args.task)},
             }
-        base = {}
-        for split in ("validation", "test"):
+        base: dict[str, Any] = {}
+        for split in ("validation", "test") if plan else ():
             data = self.ft.json("adapters", "compare", plan[0]["name"], "--metric", self.task["metric"],
                                 "--dataset", f"{self.args.task}:{split}", "--base", "--json")  # fmt: skip
             found = [c for c in data["columns"] if c["kind"] == "base" and c.get("metrics")]
@@ -339,6 +349,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("--concurrency", type=int, default=1, help="jobs the worker runs at once")
     ap.add_argument("--budget-s", type=float, default=0, help="stop waiting after N s (exit 3; 0: no limit)")
     ap.add_argument("--keep-worker", action="store_true", help="leave the worker running (for a next call)")
+    ap.add_argument("--poll-s", type=float, default=10, help="seconds between looks at the queue")
     ap.add_argument("--smoke", action="store_true", help="2 steps, 2 rows, 8 tokens: check the script runs")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -354,13 +365,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     bench.ft.start_worker(args.concurrency)
     try:
         bench.convert()
-        bench.submit_training(plan)
-        if not bench.wait([e["name"] for e in plan], deadline):
-            return None
-        plan = [e for e in plan if e["name"] not in bench.state.get("failed", {})]
-        bench.submit_evaluations(plan)
-        if not bench.wait([k for k in bench.state["jobs"] if k.startswith("eval ")], deadline):
-            return None
+        complete = bench.run(plan, deadline)
     finally:
         if not args.keep_worker:
             bench.ft.stop_worker()
@@ -368,14 +373,16 @@ def main(argv: list[str] | None = None) -> Path | None:
     record = {
         "command": " ".join(["python", "bench/bench_quality.py", *(sys.argv[1:] if argv is None else argv)]),
         **environment(), "task": args.task, "task_settings": bench.task, "recipes": recipes,
-        "concurrency": args.concurrency, "smoke": args.smoke, "ft_commands": bench.commands,
+        "concurrency": args.concurrency, "smoke": args.smoke, "complete": complete,
+        "ft_commands": bench.commands,
         "failed": bench.state.get("failed", {}),
         **bench.report(plan),
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
     print(record["markdown"], flush=True)
-    return out
+    print(f"results: {out}" + ("" if complete else " (partial: call again with the same --home)"), flush=True)
+    return out if complete else None
 
 
 if __name__ == "__main__":
