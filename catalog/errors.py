@@ -36,3 +36,7 @@ class ServiceUnavailable(FtError):
 
 class JobFailed(FtError):
     """A job that was waited on ended in failure or was cancelled."""
+
+
+class ArtifactDamaged(FtError):
+    """A stored artifact whose files no longer match the sha256 the catalog recorded."""

@@ -17,11 +17,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from catalog.adapters import check_adapter_name_free
 from catalog.db import Catalog
 from catalog.errors import Conflict, InvalidInput, NotFound
 from catalog.models import FINISHED_STATUSES, JOB_KINDS, JOB_STATUSES, Job, utcnow
+
+ACTIVE = ("queued", "running")
 
 
 class LeaseLost(Exception):
@@ -43,7 +47,11 @@ def create_job(
     priority: int = 0,
     max_attempts: int = 3,
     logs_dir: str | None = None,
+    idempotency_key: str | None = None,
+    adapter_name: str | None = None,
 ) -> Job:
+    """Add a `queued` job (flushed, so it has an id). `adapter_name` is the adapter a train job will
+    register: while the job is queued or running no other job may claim the same name."""
     if kind not in JOB_KINDS:
         raise InvalidInput(f"unknown job kind {kind!r}")
     if not 0 <= priority <= 9:
@@ -59,12 +67,71 @@ def create_job(
         max_attempts=max_attempts,
         progress={},
         result={},
+        idempotency_key=idempotency_key,
+        adapter_name=adapter_name,
     )
     session.add(job)
     session.flush()
     if logs_dir is not None:
         job.log_path = f"{logs_dir}/job-{job.id}.log"
     return job
+
+
+def submit_job(
+    catalog: Catalog,
+    kind: str,
+    spec: dict[str, Any],
+    user: str,
+    *,
+    idempotency_key: str | None = None,
+    adapter_name: str | None = None,
+    **options: Any,
+) -> tuple[Job, bool]:
+    """Create a job in its own transaction; returns (job, created). With `idempotency_key`, a job
+    this user already submitted with that key is returned instead (created False), however many
+    submits race; a key reused for another spec is refused. A train job whose `adapter_name` an
+    active job already claims is refused (Conflict), also when the two submits race."""
+    if idempotency_key is not None:
+        existing = job_for_key(catalog, user, idempotency_key, spec)
+        if existing is not None:
+            return existing, False
+    try:
+        with catalog.session() as s:
+            job = create_job(
+                s, kind, spec, user, idempotency_key=idempotency_key, adapter_name=adapter_name, **options
+            )
+        return job, True
+    except IntegrityError:
+        if idempotency_key is not None:
+            existing = job_for_key(catalog, user, idempotency_key, spec)
+            if existing is not None:
+                return existing, False
+        if adapter_name is not None:
+            raise _name_taken(catalog, adapter_name) from None
+        raise
+
+
+def find_by_key(catalog: Catalog, user: str, key: str) -> Job | None:
+    """The job `user` submitted with `--idempotency-key key`, if any."""
+    with catalog.session() as s:
+        return s.scalars(select(Job).where(Job.submitted_by == user, Job.idempotency_key == key)).first()
+
+
+def job_for_key(catalog: Catalog, user: str, key: str, spec: dict[str, Any]) -> Job | None:
+    """`find_by_key`, refusing a job of that key made from another spec (Conflict)."""
+    job = find_by_key(catalog, user, key)
+    if job is not None and job.spec_hash != spec_hash(spec):
+        raise Conflict(
+            f"--idempotency-key {key!r} was already used for job {job.id} with a different spec; "
+            "use a new key"
+        )
+    return job
+
+
+def _name_taken(catalog: Catalog, name: str) -> Conflict:
+    with catalog.session() as s:
+        holder = s.scalars(select(Job.id).where(Job.adapter_name == name, Job.status.in_(ACTIVE))).first()
+    return Conflict(f"job {holder} is already training an adapter named {name!r}: choose another --name")
 
 
 def get_job(session: Session, job_id: int) -> Job:
@@ -198,7 +265,13 @@ def finish_job(
 
 def release_job(catalog: Catalog, job_id: int, owner: str) -> None:
     """Give a running job back to the queue without counting it as a failure (worker shutdown)."""
-    values = {"status": "queued", "lease_owner": None, "lease_expires_at": None, "attempts": Job.attempts - 1}
+    values = {
+        "status": "queued",
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "attempts": Job.attempts - 1,
+        "updated_at": utcnow(),
+    }
     with catalog.session() as s:
         _update_leased(s, job_id, owner, values, strict=False)
 
@@ -221,6 +294,8 @@ def retry_job(session: Session, job_id: int) -> Job:
     job = get_job(session, job_id)
     if job.status not in ("failed", "cancelled"):
         raise Conflict(f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried")
+    if job.adapter_name is not None:
+        check_adapter_name_free(session, job.adapter_name, except_job=job.id)
     job.status = "queued"
     job.cancel_requested = False
     job.error = None
@@ -229,6 +304,13 @@ def retry_job(session: Session, job_id: int) -> Job:
     job.finished_at = None
     job.max_attempts = job.attempts + max(1, job.max_attempts)
     job.updated_at = utcnow()
+    if job.adapter_name is not None:
+        try:
+            session.flush()  # the partial unique index: a train job submitted meanwhile has the name
+        except IntegrityError:
+            raise Conflict(
+                f"job {job_id}: another job is already training an adapter named {job.adapter_name!r}"
+            ) from None
     return job
 
 
@@ -256,3 +338,50 @@ def requeue_expired(catalog: Catalog) -> list[Job]:
                 requeued.append(job)
             job.lease_owner, job.lease_expires_at, job.updated_at = None, None, now
     return requeued
+
+
+def requeue_killed(catalog: Catalog, job_id: int, owner: str, how: str) -> Job | None:
+    """The process running a job as `owner` died (`how`, e.g. "killed by signal 9 (SIGKILL)"): put the
+    job back to `queued` at once, the attempt counted (so that a job killed every time ends), or
+    fail it naming `how` when no attempts are left. Returns the job, or None if `owner` did not
+    hold it (it never claimed it, or another worker has it now)."""
+    now = utcnow()
+    with catalog.session() as s:
+        job = s.scalars(
+            select(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+        ).first()
+        if job is None:
+            return None
+        if job.cancel_requested:
+            job.status, job.finished_at, job.error = "cancelled", now, "cancelled on request"
+        elif job.attempts >= job.max_attempts:
+            job.status, job.finished_at = "failed", now
+            job.error = f"the job process was {how}; gave up after {job.attempts} attempts"
+        else:
+            job.status, job.error = "queued", f"the job process was {how}; re-queued"
+        job.lease_owner, job.lease_expires_at, job.updated_at = None, None, now
+        return job
+
+
+def queued_since(catalog: Catalog, seconds: float) -> list[Job]:
+    """Jobs `queued` (not cancelled) for at least `seconds`: their message may have been lost."""
+    cutoff = utcnow() - dt.timedelta(seconds=seconds)
+    with catalog.session() as s:
+        return list(
+            s.scalars(
+                select(Job)
+                .where(Job.status == "queued", Job.cancel_requested.is_(False), Job.updated_at <= cutoff)
+                .order_by(Job.id)
+            ).all()
+        )
+
+
+def mark_resent(catalog: Catalog, job_id: int) -> None:
+    """Record that a queued job's message was sent again (it counts as queued from now)."""
+    with catalog.session() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )

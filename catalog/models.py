@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -38,6 +39,8 @@ NAMING = {
 JOB_KINDS = ("convert", "train", "eval")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+ACTIVE_JOB = "status IN ('queued', 'running')"
+"""SQL: a job not yet finished (the condition of the partial unique index on adapter names)."""
 
 
 def utcnow() -> dt.datetime:
@@ -172,7 +175,19 @@ class Job(Base):
     """A unit of queued work. The row, not Celery's result backend, is the truth about its state."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_lease", "status", "lease_expires_at"),)
+    __table_args__ = (
+        Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        # The same user's same key is one job, however many submits race (catalog.jobs.submit_job).
+        Index("uq_jobs_idempotency_key", "submitted_by", "idempotency_key", unique=True),
+        # One queued or running train job per adapter name: four racing submits make one job.
+        Index(
+            "uq_jobs_active_adapter_name",
+            "adapter_name",
+            unique=True,
+            sqlite_where=text(ACTIVE_JOB),
+            postgresql_where=text(ACTIVE_JOB),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # convert | train | eval
@@ -191,6 +206,10 @@ class Job(Base):
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # e.g. {"conversion_id": 3}
     error: Mapped[str | None] = mapped_column(Text)
     log_path: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    """`--idempotency-key`: a second submit with the same key (and user) answers this job."""
+    adapter_name: Mapped[str | None] = mapped_column(String(200))
+    """The adapter a train job will register (its spec's name); unique among active jobs."""
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

@@ -27,6 +27,11 @@ class Settings:
     """`FT_USER`, else the OS user: recorded as `created_by` / `submitted_by`."""
     lease_seconds: int = 60
     """`FT_LEASE_SECONDS`: how long a worker's claim on a job lasts without a heartbeat."""
+    broker_visibility_timeout: int = 3600
+    """`FT_BROKER_VISIBILITY_TIMEOUT`: seconds after which Redis hands a delivered but unacknowledged
+    message to another worker (kombu's `visibility_timeout`); the lease drops the second copy."""
+    resend_grace_seconds: int = 60
+    """`FT_RESEND_GRACE_SECONDS`: a job `queued` this long with no message in the broker is re-sent."""
 
     @property
     def logs(self) -> Path:
@@ -47,6 +52,8 @@ class Settings:
             artifacts=Path(env.get("FT_ARTIFACTS") or home / "artifacts").expanduser().resolve(),
             user=env.get("FT_USER") or _os_user(),
             lease_seconds=int(env.get("FT_LEASE_SECONDS") or 60),
+            broker_visibility_timeout=int(env.get("FT_BROKER_VISIBILITY_TIMEOUT") or 3600),
+            resend_grace_seconds=int(env.get("FT_RESEND_GRACE_SECONDS") or 60),
         )
 
     def ensure_dirs(self) -> None:

@@ -155,18 +155,16 @@ def export(app: AppContext, name: str, dest: Path, merge: bool) -> None:
         ft adapters export faults-lora ./faults-merged --merge
     """
     from catalog.adapters import get_adapter
-    from catalog.errors import Conflict, InvalidInput
+    from catalog.errors import Conflict
+    from catalog.integrity import verify_artifact
     from catalog.store import MANIFEST
 
     if dest.exists():
         raise Conflict(f"{dest} already exists: choose a new directory")
     with app.catalog.session() as s:
         a = get_adapter(s, name)
-        method, uri, base = a.method, a.artifact_uri, a.base_model
-    src = app.store.path(uri)
-    problems = app.store.verify(uri)
-    if problems:
-        raise InvalidInput(f"adapter {name} artifact is damaged: {'; '.join(problems)}")
+        method, uri, sha256, base = a.method, a.artifact_uri, a.sha256, a.base_model
+    src = verify_artifact(app.store, uri, sha256, f"adapter {name}")
     if merge:
         from worker.methods.saving import merge_to_dir
         from worker.models.directories import model_dir

@@ -38,7 +38,8 @@ def submit() -> None:
 
 
 def submit_options(default_queue: str = "cpu") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The options every `ft submit` subcommand shares: --priority, --queue, --wait, --json."""
+    """The options every `ft submit` subcommand shares: --priority, --queue, --idempotency-key, --wait,
+    --json."""
     options = [
         click.option(
             "--priority",
@@ -54,6 +55,11 @@ def submit_options(default_queue: str = "cpu") -> Callable[[Callable[..., Any]],
             show_default=True,
             help="Which workers may run it.",
         ),
+        click.option(
+            "--idempotency-key",
+            metavar="KEY",
+            help="Submit at most once: a second submit with the same KEY prints the first job's id.",
+        ),
         click.option("--wait", is_flag=True, help="Follow the job to its end; exit non-zero if it fails."),
         click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
     ]
@@ -66,23 +72,48 @@ def submit_options(default_queue: str = "cpu") -> Callable[[Callable[..., Any]],
     return decorate
 
 
-def enqueue(app: AppContext, kind: str, spec: dict[str, Any], *, queue: str, priority: int) -> Job:
+def enqueue(
+    app: AppContext,
+    kind: str,
+    spec: dict[str, Any],
+    *,
+    queue: str,
+    priority: int,
+    idempotency_key: str | None = None,
+    adapter_name: str | None = None,
+) -> Job:
     """Commit a `queued` job with `spec`, then send its message (a job that cannot be sent is
-    marked failed, and ServiceUnavailable names the broker)."""
-    from catalog.jobs import create_job
+    marked failed, and ServiceUnavailable names the broker). With `idempotency_key`, the job that
+    key already made is returned and nothing is sent; `adapter_name` (train) must not be claimed by
+    another queued or running job (Conflict)."""
+    from catalog.jobs import submit_job
     from worker.jobs.celery_app import make_celery
     from worker.jobs.messages import send_or_fail
 
     settings = app.settings
-    with app.catalog.session() as s:
-        job = create_job(
-            s, kind, spec, settings.user, queue=queue, priority=priority, logs_dir=str(settings.logs)
-        )
-    send_or_fail(make_celery(settings), app.catalog, job)
+    job, created = submit_job(
+        app.catalog, kind, spec, settings.user, queue=queue, priority=priority, logs_dir=str(settings.logs),
+        idempotency_key=idempotency_key, adapter_name=adapter_name,
+    )  # fmt: skip
+    if created:
+        send_or_fail(make_celery(settings), app.catalog, job)
+    else:
+        click.echo(already(job, idempotency_key), err=True)
     return job
 
 
-def report_submitted(app: AppContext, job: Job, *, wait: bool, as_json: bool) -> None:
+def already(job: Job, key: str | None) -> str:
+    return f"job {job.id} was already submitted with --idempotency-key {key} (it is {job.status})"
+
+
+def report_again(app: AppContext, job: Job, key: str, *, wait: bool, as_json: bool) -> None:
+    """The answer to a repeated submit: the first job's id (or JSON), as `report_submitted` prints it."""
+    if not as_json:
+        click.echo(already(job, key), err=True)
+    report_submitted(app, job, wait=wait, as_json=as_json, new=False)
+
+
+def report_submitted(app: AppContext, job: Job, *, wait: bool, as_json: bool, new: bool = True) -> None:
     """Print the new job's id (or its JSON); with `wait`, follow it and fail if it does not succeed."""
     if wait:
         job = follow_job(app.catalog, job.id)
@@ -90,6 +121,8 @@ def report_submitted(app: AppContext, job: Job, *, wait: bool, as_json: bool) ->
         print_json(job_dict(job))
     elif wait:
         click.echo(f"job {job.id} {job.status}" + (f": {_summary(job.result)}" if job.result else ""))
+    elif not new:
+        click.echo(job.id)
     else:
         click.echo(job.id)
         click.echo(
@@ -132,6 +165,7 @@ def convert(
     max_source_len: int | None,
     priority: int,
     queue: str,
+    idempotency_key: str | None,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -146,6 +180,7 @@ def convert(
         ft submit convert faults:2 --model smol --template alpaca --max-len 512 --wait
     """
     from catalog.conversions import find_conversion
+    from catalog.jobs import job_for_key
     from datasets_prep.convert import resolve_convert_spec
 
     with app.catalog.session() as s:
@@ -159,6 +194,11 @@ def convert(
             store=app.store,
         )
         cached = find_conversion(s, spec.cache_key)
+    if idempotency_key:
+        existing = job_for_key(app.catalog, app.settings.user, idempotency_key, spec.to_json())
+        if existing is not None:
+            report_again(app, existing, idempotency_key, wait=wait, as_json=as_json)
+            return
     if cached is not None:
         if as_json:
             print_json({"cache_hit": True, "conversion_id": cached.id, "cache_key": spec.cache_key})
@@ -168,5 +208,7 @@ def convert(
                 f"model {spec.model_name}, max_len {spec.max_len})"
             )
         return
-    job = enqueue(app, "convert", spec.to_json(), queue=queue, priority=priority)
+    job = enqueue(
+        app, "convert", spec.to_json(), queue=queue, priority=priority, idempotency_key=idempotency_key
+    )
     report_submitted(app, job, wait=wait, as_json=as_json)

@@ -48,7 +48,8 @@ def _options(f):  # noqa: ANN001, ANN202
 @pass_app
 def eval_(
     app: AppContext, adapter_names: tuple[str, ...], bases: tuple[str, ...], dataset: str, metric: str | None,
-    template: str | None, priority: int, queue: str, wait: bool, as_json: bool, **flags: Any,
+    template: str | None, priority: int, queue: str, idempotency_key: str | None, wait: bool, as_json: bool,
+    **flags: Any,
 ) -> None:  # fmt: skip
     """Evaluate adapters (and/or the untuned --base) on a dataset split; register the scores.
 
@@ -73,8 +74,9 @@ def eval_(
             template=template, **{k: v for k, v in flags.items() if v is not None},
         )  # fmt: skip
     jobs: list[Job] = []
-    for spec in specs:
-        jobs.append(enqueue(app, "eval", spec.to_json(), queue=queue, priority=priority))
+    for n, spec in enumerate(specs, 1):
+        key = idempotency_key if idempotency_key is None or len(specs) == 1 else f"{idempotency_key}#{n}"
+        jobs.append(enqueue(app, "eval", spec.to_json(), queue=queue, priority=priority, idempotency_key=key))
         if not as_json:
             click.echo(
                 f"eval {', '.join(t.label for t in spec.targets)} on {spec.dataset_ref}:{spec.split} "

@@ -18,7 +18,7 @@ import yaml
 from catalog.errors import InvalidInput
 from cli.context import AppContext, pass_app
 from cli.flags import apply, dataclass_options
-from cli.submit import enqueue, report_submitted, submit, submit_options
+from cli.submit import enqueue, report_again, report_submitted, submit, submit_options
 
 DATA_KEYS = ("max_len", "max_source_len")
 """Fields of the data spec (datasets_prep.spec.ConvertSpec) that are flags of `ft submit train`."""
@@ -123,7 +123,7 @@ def default_adapter_name(app: AppContext, dataset: str, method: str) -> str:
 @submit_options(default_queue="gpu")
 @pass_app
 def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...], priority: int, queue: str,
-          wait: bool, as_json: bool, **flags: Any) -> None:  # fmt: skip
+          idempotency_key: str | None, wait: bool, as_json: bool, **flags: Any) -> None:  # fmt: skip
     """Train an adapter with --method on a worker and register it.
 
     Methods: freeze, ptuning, ptuning-v2, lora (--dora, --base-bits 8), qlora, full.
@@ -147,6 +147,13 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
     for required in ("model", "dataset"):
         if not job.get(required):
             raise InvalidInput(f"missing --{required}")
+    if idempotency_key:
+        from catalog.jobs import find_by_key
+
+        existing = find_by_key(app.catalog, app.settings.user, idempotency_key)
+        if existing is not None:  # it holds the adapter name itself: answer it before resolving
+            report_again(app, existing, idempotency_key, wait=wait, as_json=as_json)
+            return
     name = job.get("name") or default_adapter_name(app, str(job["dataset"]), str(job["method"]))
     with app.catalog.session() as s:
         spec = resolve_train_spec(
@@ -154,7 +161,10 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
             template=job.get("template"), method_flags=method_keys, train_flags=train_keys,
             **{k: job[k] for k in DATA_KEYS if job.get(k) is not None}, store=app.store,
         )  # fmt: skip
-    job_row = enqueue(app, "train", spec.to_json(), queue=queue, priority=priority)
+    job_row = enqueue(
+        app, "train", spec.to_json(), queue=queue, priority=priority, idempotency_key=idempotency_key,
+        adapter_name=spec.name,
+    )  # fmt: skip
     if not as_json:
         click.echo(
             f"adapter {spec.name}: --method {spec.method} on {spec.dataset_ref} ({spec.model_name})", err=True

@@ -67,12 +67,13 @@ def worker(app: AppContext, queues: list[str], concurrency: int, loglevel: str, 
         FT_BROKER_URL=redis://queue-host:6379/0 ft worker --queues cpu,gpu
     """
     from worker.jobs.celery_app import make_celery
-    from worker.jobs.messages import check_broker, redact
+    from worker.jobs.messages import check_broker, declare_queues, redact
 
     settings = app.settings
     app.catalog  # noqa: B018  # refuse an uninitialised or outdated catalog before starting
     celery = make_celery(settings)
     check_broker(celery)
+    declare_queues(celery, queues)
     hostname = name or f"ft-{os.getpid()}@{socket.gethostname()}"
     click.echo(
         f"ft worker {hostname}: queues {','.join(queues)}, concurrency {concurrency}, "

@@ -7,6 +7,10 @@ is accepted. A row that cannot be read becomes a record carrying a `RowError`, s
 can report every bad row instead of stopping at the first.
 
 The sha256 of the raw bytes is computed on the way, so the file is read once.
+
+A JSON Lines line longer than `FT_MAX_LINE_BYTES` (default 8 MiB) fails the read with `FILE:LINE`:
+lines are read at most that many bytes at a time, so an oversized one is never held whole (a 200 MB
+line once cost 1.66 GB of memory).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +37,18 @@ _CHUNK = 1 << 20
 MAX_RECORD_BYTES = 256 << 20
 """A record of a JSON array file longer than this is refused (it is almost surely a broken file)."""
 
+MAX_LINE_BYTES = 8 << 20
+"""Default bound of one JSON Lines line; `FT_MAX_LINE_BYTES` overrides it."""
+
 _WS = " \t\r\n"
+
+
+def max_line_bytes(environ: dict[str, str] | None = None) -> int:
+    """The bound of one JSON Lines line: `FT_MAX_LINE_BYTES`, else MAX_LINE_BYTES."""
+    value = (os.environ if environ is None else environ).get("FT_MAX_LINE_BYTES") or str(MAX_LINE_BYTES)
+    if not value.isdigit() or int(value) < 1:
+        raise InvalidInput(f"FT_MAX_LINE_BYTES must be a positive number of bytes, got {value!r}")
+    return int(value)
 
 
 class RowError(Exception):
@@ -57,9 +73,10 @@ class Record:
 class RawReader:
     """One pass over a raw file. Iterate `records()` once; `sha256` is final after that."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, max_line: int | None = None):
         self.path = Path(path)
         self.display = str(path)
+        self.max_line = max_line_bytes() if max_line is None else max_line
         self._hash = hashlib.sha256()
         self.is_array = False
 
@@ -83,8 +100,15 @@ class RawReader:
                 self._hash.update(chunk)
 
     def _line_records(self, f: BinaryIO) -> Iterator[Record]:
-        for number, raw in enumerate(f, start=1):
+        number = 0
+        while raw := f.readline(self.max_line + 1):
+            number += 1
             self._hash.update(raw)
+            if len(raw) > self.max_line and not raw.endswith(b"\n"):
+                raise InvalidInput(
+                    f"{self.display}:{number}: line is longer than {self.max_line:,} bytes "
+                    "(FT_MAX_LINE_BYTES): is this really JSON Lines?"
+                )
             if number == 1 and raw.startswith(BOM):
                 raw = raw[len(BOM) :]
             if not raw.strip():

@@ -162,7 +162,7 @@ def resolve_eval_specs(
             targets.append(
                 EvalTarget(
                     label=a.name, template_id=tpl.id, template_ref=tpl.ref, adapter_id=a.id, adapter=a.name,
-                    method=a.method, artifact_uri=a.artifact_uri,
+                    method=a.method, artifact_uri=a.artifact_uri, artifact_sha256=a.sha256,
                 )
             )  # fmt: skip
         specs.append(

@@ -119,6 +119,8 @@ class EvalTarget:
     adapter: str | None = None
     method: str | None = None
     artifact_uri: str | None = None
+    artifact_sha256: str | None = None
+    """The sha256 the catalog recorded for the artifact, checked before it is loaded."""
 
     @property
     def is_base(self) -> bool:

@@ -215,14 +215,19 @@ def evaluate_all(
 ) -> tuple[list[Outcome], dict[str, Any]]:
     """Every target's outcome, in the spec's order, and where they ran: device, dtype, how many times
     the base (`base_loads`) and whole models (`model_loads`) were loaded. `artifacts` maps a target's
-    index to its artifact directory.
+    index to its artifact directory. Each artifact is verified against the catalog's sha256 first.
 
     The base is loaded once. Each artifact format puts its artifacts on it a group at a time
     (worker/methods/artifacts.py); a group that can serve plain LoRA adapters in shared batches also
     evaluates the untuned base in that pass. Formats that are whole models load on their own."""
+    from catalog.integrity import digest_of, verify_artifact
     from worker.methods import compute_dtype, get_method
     from worker.models.loading import default_device, load_base
 
+    for t in spec.targets:  # every artifact is checked before the first is loaded
+        if t.artifact_uri:
+            sha256 = t.artifact_sha256 or digest_of(t.artifact_uri)
+            verify_artifact(evaluator.store, t.artifact_uri, sha256, f"adapter {t.adapter or t.label}")
     log = evaluator.log
     device = default_device()
     dtype = _dtype(spec.dtype, device, compute_dtype)

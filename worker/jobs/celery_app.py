@@ -3,8 +3,9 @@
 The catalog is the truth about a job; the broker only carries its id. Messages are JSON, acked
 late (after the job ran) and re-delivered if the process running them dies; each worker process
 takes one job at a time. The broker is kombu's SQLAlchemy transport on `$FT_HOME/broker.db` by
-default (no server needed) or `redis://...` for a team. Priorities (0-9, higher runs first) are
-passed to brokers that support them (Redis); the SQLite broker ignores them.
+default (no server needed) or `redis://...` for a team (`FT_BROKER_VISIBILITY_TIMEOUT` sets how long
+Redis waits for an acknowledgement before handing a message out again). Priorities (0-9, higher
+runs first) are passed to brokers that support them (Redis); the SQLite broker ignores them.
 
 `ft worker` builds the app with `make_celery(Settings.from_env())`. For `celery -A worker.jobs.celery_app
 worker`, this module also answers `app` (built from the environment on first use).
@@ -19,7 +20,7 @@ from celery import Celery
 from kombu import Queue
 
 from catalog.settings import Settings
-from worker.jobs.queues import MAX_PRIORITY, QUEUES, is_redis, is_sql
+from worker.jobs.queues import MAX_PRIORITY, QUEUES, SEP, is_redis, is_sql
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -50,7 +51,7 @@ def make_celery(settings: Settings) -> Celery:
         task_queues=[Queue(q, routing_key=q, max_priority=MAX_PRIORITY) for q in QUEUES],
         task_create_missing_queues=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options=_transport_options(settings.broker_url),
+        broker_transport_options=_transport_options(settings),
     )
     app.conf.ft_settings = settings  # travels with the app to the pool's processes
 
@@ -60,13 +61,17 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def _transport_options(broker_url: str) -> dict[str, Any]:
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    broker_url = settings.broker_url
     if is_redis(broker_url):
-        # One Redis list per priority level, served highest first.
+        # One Redis list per priority level, served highest first. A message delivered but not
+        # acknowledged within the visibility timeout is handed out again (a job running longer than
+        # it gets a second copy, which its lease drops).
         return {
             "priority_steps": list(range(MAX_PRIORITY + 1)),
-            "sep": ":",
+            "sep": SEP,
             "queue_order_strategy": "priority",
+            "visibility_timeout": settings.broker_visibility_timeout,
         }
     if is_sql(broker_url) and "+sqlite" in broker_url:
         # The CLI and every worker write to the one file: wait for its lock instead of failing.

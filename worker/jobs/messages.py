@@ -6,6 +6,8 @@ work (the reconciler sends it again) and a duplicate runs nothing twice (the lea
 
 from __future__ import annotations
 
+import time
+
 from celery import Celery
 from sqlalchemy.engine import make_url
 
@@ -39,8 +41,42 @@ def check_broker(app: Celery, timeout: float = SEND_TIMEOUT_S) -> None:
         raise ServiceUnavailable(_unreachable(app.conf.broker_url, exc)) from exc
 
 
+def declare_queues(app: Celery, queues: list[str], attempts: int = 5) -> None:
+    """Make sure `queues` exist on an SQL broker before anything is sent to or read from them.
+
+    kombu's SQL transport creates a queue's row by a look then an insert, guarded by a lock of its own
+    process only: a worker starting while `ft submit` sends its first message (both on a new broker
+    database) can both insert, and the loser fails with `UNIQUE constraint failed: kombu_queue.name`.
+    Creating kombu's tables on a new database races the same way. The winner's row (or table) is there
+    by then, so declaring again after a rollback finds it. Redis needs none.
+    """
+    if not is_sql(app.conf.broker_url):
+        return
+    from kombu import Queue
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for name in queues:
+        for attempt in range(attempts):
+            try:
+                with app.connection_for_write() as conn:
+                    channel = conn.default_channel  # its first use creates kombu's tables: a race too
+                    try:
+                        Queue(name, routing_key=name)(channel).declare()
+                    except (IntegrityError, OperationalError):
+                        channel.session.rollback()
+                        raise
+                break
+            except (IntegrityError, OperationalError) as exc:  # the other process won; look again
+                if attempt == attempts - 1:
+                    raise ServiceUnavailable(_unreachable(app.conf.broker_url, exc)) from exc
+                time.sleep(0.05 * (attempt + 1))
+            except Exception as exc:
+                raise ServiceUnavailable(_unreachable(app.conf.broker_url, exc)) from exc
+
+
 def send_job(app: Celery, job_id: int, *, queue: str, priority: int) -> None:
     """Send the message "run job `job_id`" to `queue`. Raises ServiceUnavailable if it cannot."""
+    declare_queues(app, [queue])
     try:
         app.send_task(
             TASK_NAME,
@@ -74,4 +110,9 @@ def _fail_unsent(catalog: Catalog, job_id: int, error: str) -> None:
 
 def _unreachable(url: str, exc: BaseException) -> str:
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if "authentication" in reason.lower() or "password" in reason.lower() or "NOAUTH" in reason:
+        return (
+            f"the broker at {redact(url)} refused ft's credentials ({reason.rstrip('.')}); "
+            "put its password in FT_BROKER_URL, e.g. redis://:PASSWORD@host:6379/0"
+        )
     return f"cannot reach the broker at {redact(url)} ({reason}); start redis or fix FT_BROKER_URL"

@@ -1,11 +1,14 @@
-"""The reconciler: re-sends jobs whose worker died, so that another worker resumes them.
+"""The reconciler: re-sends jobs whose worker died or whose message was lost, so that they run.
 
 A job stays `running` with a lease that its worker renews. If the worker dies (SIGKILL, a lost
 machine), the lease runs out; `catalog.jobs.requeue_expired` puts such jobs back to `queued` (or
-fails them after `max_attempts`), and the reconciler sends each one's message again. It runs in
-every worker's main process at start-up and then once per lease period (a worker bootstep), so
-it works the same on every broker. A re-sent job that is meanwhile running elsewhere is dropped
-by the claim.
+fails them after `max_attempts`), and the reconciler sends each one's message again. A job can also
+sit `queued` with no message anywhere (Redis restarted without persistence, a worker killed between
+taking the message and claiming the job): one queued longer than `FT_RESEND_GRACE_SECONDS` whose id
+is in no message of the broker (`worker.jobs.inflight`) is sent again. It runs in every worker's
+main process at start-up and then once per lease period (a worker bootstep), so it works the same on
+every broker. A re-sent job that meanwhile runs elsewhere, or a second copy, is dropped by the claim:
+re-sending never runs a job twice.
 """
 
 from __future__ import annotations
@@ -18,15 +21,16 @@ from celery import Celery, bootsteps
 
 from catalog.db import Catalog
 from catalog.errors import ServiceUnavailable
-from catalog.jobs import requeue_expired
+from catalog.jobs import mark_resent, queued_since, requeue_expired
 from catalog.settings import Settings
+from worker.jobs.inflight import jobs_in_flight
 from worker.jobs.messages import send_job
 
 logger = logging.getLogger(__name__)
 
 
 class Reconciler:
-    """Requeue and re-send expired jobs now and every `period` seconds, in a daemon thread."""
+    """Requeue and re-send expired and lost jobs now and every `period` seconds, in a daemon thread."""
 
     def __init__(self, app: Celery, settings: Settings, period: float | None = None):
         self.app, self.settings = app, settings
@@ -37,22 +41,33 @@ class Reconciler:
 
     def run_once(self) -> list[int]:
         """One pass; returns the ids of the jobs re-sent."""
+        grace = self.settings.resend_grace_seconds
+        # The broker first: a message taken by a worker after this look is counted as in flight.
+        in_flight = jobs_in_flight(self.settings.broker_url, recent=grace)
         catalog = Catalog(self.settings)  # a short-lived engine: no connection outlives the pass
         try:
             for job in requeue_expired(catalog):
                 logger.warning("job %d: its worker stopped renewing the lease; re-queued", job.id)
                 self._unsent[job.id] = (job.queue, job.priority)
+            lost = [] if in_flight is None else queued_since(catalog, grace)
+            for job in lost:
+                if job.id not in in_flight and job.id not in self._unsent:
+                    logger.warning(
+                        "job %d: queued for %ds with no message in the broker; re-sent", job.id, grace
+                    )
+                    self._unsent[job.id] = (job.queue, job.priority)
+            sent = []
+            for job_id, (queue, priority) in list(self._unsent.items()):
+                try:
+                    send_job(self.app, job_id, queue=queue, priority=priority)
+                except ServiceUnavailable as exc:
+                    logger.error("job %d: %s; will try again", job_id, exc)
+                    continue
+                del self._unsent[job_id]
+                mark_resent(catalog, job_id)
+                sent.append(job_id)
         finally:
             catalog.dispose()
-        sent = []
-        for job_id, (queue, priority) in list(self._unsent.items()):
-            try:
-                send_job(self.app, job_id, queue=queue, priority=priority)
-            except ServiceUnavailable as exc:
-                logger.error("job %d: %s; will try again", job_id, exc)
-                continue
-            del self._unsent[job_id]
-            sent.append(job_id)
         return sent
 
     def start(self) -> None:

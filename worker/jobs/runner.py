@@ -168,7 +168,7 @@ def run_job(
             log.error("lost the lease on job %d before finishing; its result is discarded", job.id)
             return LOST
         log.info("job %d %s%s", job.id, status, f": {error}" if error else "")
-        if status == "succeeded":
+        if status in ("succeeded", "cancelled"):  # a failed job keeps its checkpoints for `ft jobs retry`
             shutil.rmtree(job_workdir(store, job.id), ignore_errors=True)
         return status
 

@@ -13,6 +13,7 @@ from celery import Task, shared_task
 from catalog.db import Catalog
 from catalog.errors import ServiceUnavailable
 from worker.jobs.messages import TASK_NAME
+from worker.jobs.requests import job_owner
 from worker.jobs.runner import run_job
 
 
@@ -21,6 +22,7 @@ from worker.jobs.runner import run_job
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
+    Request="worker.jobs.requests:JobRequest",  # a dead job process gives its job back at once
     ignore_result=True,
     autoretry_for=(ServiceUnavailable,),  # the catalog was unreachable before the job was claimed
     retry_backoff=5,
@@ -30,6 +32,6 @@ from worker.jobs.runner import run_job
 def run_job_task(self: Task, job_id: int) -> str:
     catalog = Catalog(self.app.conf.ft_settings)
     try:
-        return run_job(catalog, job_id, owner=f"{self.request.hostname}:{os.getpid()}")
+        return run_job(catalog, job_id, owner=job_owner(self.request.hostname, os.getpid()))
     finally:
         catalog.dispose()

@@ -102,8 +102,13 @@ def load_for_inference(
     dtype: Any = None,
     method_flags: dict[str, Any] | None = None,
     trust_remote_code: bool = False,
+    sha256: str | None = None,
+    label: str = "adapter",
 ) -> Any:
     """The base with the artifact applied, in eval mode, ready to generate.
+
+    An artifact from the store is first checked against `sha256` (the catalog's; None: the digest the
+    store named it by): a damaged one fails with one line naming `label` and the file.
 
     By default the base is loaded unquantised in `dtype` (fp32 when None), also under an adapter trained
     on a 4-bit or int8 base (qlora, lora --base-bits 8): the adapter applies to the full-precision
@@ -112,8 +117,10 @@ def load_for_inference(
     training loaded it, quantised included (on a device where bitsandbytes runs)."""
     import torch
 
+    from catalog.integrity import verify_directory
     from worker.models.loading import load_base
 
+    artifact_dir = verify_directory(Path(artifact_dir), sha256, label)
     spec = get_method(method)
     if method_flags is None:
         load_kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
