@@ -11,11 +11,15 @@ the command, the recipes, every job's resolved spec (max_source_len, seed and al
     python bench/bench_quality.py --gguf /tmp/smollm2.gguf --data ../shared/data --task faults \
         --home /tmp/ftq --concurrency 4                       # everything in recipes.yaml
     python bench/bench_quality.py ... --variants lora,full --seeds 42 --no-candidates
+    python bench/bench_quality.py ... --previous bench/results/quality-faults-A.json --redo freeze
     python bench/bench_quality.py --smoke --model-dir DIR --data tests/data --out /tmp/q.json  # CI
 
 The run can be cut and started again with the same --home: what was trained or evaluated is kept, and
 jobs still queued or running are waited for (--budget-s bounds one call; exit code 3: call again).
 Either way the results of what finished are written, with `complete` false until everything has.
+A GPU session too short for the whole table continues in the next one: `--previous` takes the adapters
+of earlier results files whose recipes are unchanged (their scores, commit and file are kept in the
+report), and the slowest variants (recipes.yaml `minutes`) are started first.
 """
 
 from __future__ import annotations
@@ -125,6 +129,8 @@ class Bench:
         )
         self.commands: list[str] = self.state.setdefault("commands", [])
         self.ft = Ft(args.home, self.commands)
+        self.seeds: list[int] = args.seeds or recipes["seeds"]
+        self.load_previous()
 
     def save_state(self) -> None:
         self.state_path.write_text(json.dumps(self.state, indent=1))
@@ -159,8 +165,9 @@ class Bench:
     def planned(self) -> list[dict[str, Any]]:
         """Every adapter of this run, seed by seed: all defaults and the candidates at the first seed,
         then the defaults at each further seed (a run cut short still has whole seeds)."""
-        seeds = self.args.seeds or self.recipes["seeds"]
+        seeds = self.seeds
         wanted = self.args.variants or list(self.recipes["variants"])
+        wanted = sorted(wanted, key=lambda v: -self.recipes["variants"][v].get("minutes", 0))  # slowest first
         plan = []
         for i, seed in enumerate(seeds):
             for variant in wanted:
@@ -172,7 +179,31 @@ class Bench:
                         plan.append({"variant": variant, "default": False, "seed": seed, **spec})
         for entry in plan:
             entry["name"] = f"{self.args.task}-{entry['variant']}-s{entry['seed']}"
-        return plan
+        return [e for e in plan if e["name"] not in self.previous]
+
+    def load_previous(self) -> None:
+        """Adapters scored by earlier runs (`--previous FILE`, e.g. an earlier GPU session's results) that
+        this run takes as they are instead of training again: only where that run's recipe of the variant
+        and its method's defaults equal today's recipes.yaml, and the variant is not in --redo."""
+        self.previous: dict[str, dict[str, Any]] = {}
+        self.previous_base: dict[str, Any] = {}
+        for path in self.args.previous or []:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if record.get("task") != self.args.task:
+                raise SystemExit(f"{path}: results of task {record.get('task')!r}, not {self.args.task!r}")
+            then, now = record["recipes"], self.recipes
+            for name, entry in record["adapters"].items():
+                variant, method = entry["variant"], entry["method"]
+                same = (
+                    _recipe(then, variant) == _recipe(now, variant)
+                    and then["defaults"]["methods"][method] == now["defaults"]["methods"][method]
+                    and {k: v for k, v in then["defaults"].items() if k != "methods"}
+                    == {k: v for k, v in now["defaults"].items() if k != "methods"}
+                )
+                if same and variant not in (self.args.redo or []) and name not in self.previous:
+                    self.previous[name] = {**entry, "from": path.name, "commit": record.get("commit")}
+            for split, metrics in record.get("base", {}).items():
+                self.previous_base.setdefault(split, metrics)
 
     def submit_training(self, entry: dict[str, Any]) -> None:
         cmd = ["submit", "train", "--method", entry["method"], *entry.get("flags", []), "-m", MODEL, "-d",
@@ -256,7 +287,12 @@ class Bench:
                 "total_params": adapter.get("total_params"),
                 **{ev["split"]: ev["metrics"] for ev in evals if ev["dataset"].startswith(self.args.task)},
             }
-        base: dict[str, Any] = {}
+        for name, entry in self.previous.items():
+            wanted = self.args.variants or list(self.recipes["variants"])
+            kind = self.recipes["candidates"].get(entry["variant"], {}).get("against", entry["variant"])
+            if name not in scores and kind in wanted:
+                scores[name] = entry
+        base: dict[str, Any] = dict(self.previous_base)
         for split in ("validation", "test") if plan else ():
             data = self.ft.json("adapters", "compare", plan[0]["name"], "--metric", self.task["metric"],
                                 "--dataset", f"{self.args.task}:{split}", "--base", "--json")  # fmt: skip
@@ -264,8 +300,12 @@ class Bench:
             if found:
                 base[split] = found[0]["metrics"]
         rows, selection = [], {}
-        for variant in dict.fromkeys(e["variant"] for e in plan):
-            members = [scores[e["name"]] for e in plan if e["variant"] == variant]
+        order = [*self.recipes["variants"], *self.recipes["candidates"]]
+        for variant in sorted({e["variant"] for e in scores.values()}, key=order.index):
+            members = sorted(
+                (e for e in scores.values() if e["variant"] == variant),
+                key=lambda e: self.seeds.index(e["seed"]) if e["seed"] in self.seeds else len(self.seeds),
+            )
             row = {"variant": variant, "method": members[0]["method"], "flags": members[0].get("flags", []),
                    "default": members[0]["default"], "seeds": [m["seed"] for m in members]}  # fmt: skip
             for split in ("validation", "test"):
@@ -287,6 +327,12 @@ class Bench:
                                    "default_same_seed": seed42, "keep_default": seed42 >= value}  # fmt: skip
         return {"headline": headline, "adapters": scores, "rows": rows, "base": base, "selection": selection,
                 "markdown": markdown(rows, base, headline)}  # fmt: skip
+
+
+def _recipe(recipes: dict[str, Any], variant: str) -> dict[str, Any] | None:
+    """What makes `variant` (its method and flags), without the scheduling hint `minutes`."""
+    spec = {**recipes["variants"], **recipes["candidates"]}.get(variant)
+    return None if spec is None else {k: v for k, v in spec.items() if k != "minutes"}
 
 
 def markdown(rows: list[dict[str, Any]], base: dict[str, Any], headline: str) -> str:
@@ -350,6 +396,9 @@ def main(argv: list[str] | None = None) -> Path | None:
     ap.add_argument("--budget-s", type=float, default=0, help="stop waiting after N s (exit 3; 0: no limit)")
     ap.add_argument("--keep-worker", action="store_true", help="leave the worker running (for a next call)")
     ap.add_argument("--poll-s", type=float, default=10, help="seconds between looks at the queue")
+    ap.add_argument("--previous", type=Path, action="append", help="an earlier results file whose adapters "
+                    "count as done where their recipes equal today's (repeatable)")  # fmt: skip
+    ap.add_argument("--redo", type=lambda s: s.split(","), help="variants never taken from --previous")
     ap.add_argument("--smoke", action="store_true", help="2 steps, 2 rows, 8 tokens: check the script runs")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -376,6 +425,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         "concurrency": args.concurrency, "smoke": args.smoke, "complete": complete,
         "ft_commands": bench.commands,
         "failed": bench.state.get("failed", {}),
+        "previous": [str(p) for p in args.previous or []],
         **bench.report(plan),
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)

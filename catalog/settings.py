@@ -41,6 +41,10 @@ class Settings:
     def cache(self) -> Path:
         return self.home / "cache"
 
+    def tensorboard_dir(self, job_id: int) -> Path:
+        """Where a training job writes its TensorBoard event files."""
+        return self.logs / f"job-{job_id}-tb"
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ

@@ -165,15 +165,27 @@ def _evaluate_missing(app: AppContext, data: dict[str, Any]) -> None:
 @adapters.command("evals")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--predictions", "show_rows", is_flag=True,
+              help="Print the rows of one evaluation (input, gold, prediction, scores) instead.")  # fmt: skip
+@click.option("--eval", "eval_id", type=int, help="The evaluation (id) for --predictions  [default: latest]")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Rows printed by --predictions.")  # fmt: skip
 @pass_app
-def evals(app: AppContext, name: str, as_json: bool) -> None:
-    """List the evaluations of adapter NAME, oldest first.
+def evals(
+    app: AppContext, name: str, as_json: bool, show_rows: bool, eval_id: int | None, limit: int
+) -> None:
+    """List the evaluations of adapter NAME, oldest first; with --predictions, what it generated.
 
     \b
     Example:
         ft adapters evals faults-lora
         ft adapters evals faults-lora --json
+        ft adapters evals faults-lora --predictions --limit 5
+        ft adapters evals faults-lora --predictions --eval 12 --json
     """
+    if show_rows:
+        _print_predictions(app, name, eval_id, limit, as_json)
+        return
     from catalog.adapters import get_adapter
     from catalog.evaluations import list_evaluations
     from catalog.models import Dataset, PromptTemplate
@@ -215,3 +227,45 @@ def evals(app: AppContext, name: str, as_json: bool) -> None:
         ],  # fmt: skip
         empty=f"(no evaluations of {name} yet: `ft submit eval {name} --dataset NAME`)",
     )
+
+
+def _print_predictions(app: AppContext, name: str, eval_id: int | None, limit: int, as_json: bool) -> None:
+    """The first `limit` rows of an evaluation's predictions artifact, checked against its sha256."""
+    import json
+
+    from catalog.adapters import get_adapter
+    from catalog.errors import InvalidInput, NotFound
+    from catalog.evaluations import list_evaluations
+    from catalog.integrity import verify_artifact
+    from worker.evaluation.evaluator import PREDICTIONS
+
+    with app.catalog.session() as s:
+        adapter = get_adapter(s, name)
+        found = list_evaluations(s, adapter_id=adapter.id)
+        if eval_id is not None:
+            found = [ev for ev in found if ev.id == eval_id]
+        if not found:
+            which = f"evaluation {eval_id}" if eval_id is not None else "an evaluation"
+            raise NotFound(f"adapter {name} has no {which}: see `ft adapters evals {name}`")
+        ev = found[-1]
+        uri, sha256, ev_id = ev.predictions_uri, ev.predictions_sha256, ev.id
+    if not uri or not sha256:
+        raise InvalidInput(f"evaluation {ev_id} of {name} stored no predictions")
+    path = verify_artifact(app.store, uri, sha256, f"predictions of evaluation {ev_id}") / PREDICTIONS
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            rows.append(json.loads(line))
+            if len(rows) == limit:
+                break
+    if as_json:
+        print_json(rows)
+        return
+    click.echo(f"evaluation {ev_id} of {name}: the first {len(rows)} rows ({path})")
+    for row in rows:
+        scores = ", ".join(f"{k}={_number(v)}" for k, v in row.get("scores", {}).items())
+        click.echo(f"--- row {row['index']}" + (" (prompt truncated)" if row.get("truncated") else "")
+                   + (f"  [{scores}]" if scores else ""))  # fmt: skip
+        for key in ("input", "gold", "prediction"):
+            value = row[key] if isinstance(row[key], str) else json.dumps(row[key], ensure_ascii=False)
+            click.echo(f"  {key}: " + value.replace("\n", "\n    "))

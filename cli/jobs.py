@@ -87,6 +87,8 @@ def show(app: AppContext, job_id: int, as_json: bool) -> None:
     with app.catalog.session() as s:
         job = get_job(s, job_id)
     data = job_dict(job)
+    board = app.settings.tensorboard_dir(job.id)
+    data["tensorboard"] = str(board) if job.kind == "train" and board.is_dir() else None
     if as_json:
         print_json(data)
         return
@@ -104,6 +106,8 @@ def show(app: AppContext, job_id: int, as_json: bool) -> None:
         ("error", job.error or "-"),
         ("log", job.log_path or "-"),
     ]
+    if data["tensorboard"]:
+        rows.append(("tensorboard", f"tensorboard --logdir {data['tensorboard']}"))
     for key, value in rows:
         click.echo(f"  {key + ':':<14}{value}")
     for key in ("spec", "result"):

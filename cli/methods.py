@@ -88,7 +88,7 @@ def list_(as_json: bool) -> None:
 
 def _setting(method: str, key: str, value: Any) -> str:
     if method == "freeze" and key == "layers" and value is None:
-        return "last-half"  # worker.methods.freeze.default_layers
+        return "last-53%"  # worker.methods.freeze.default_layers
     if value is None or value in ((), []):
         return "-"
     return str(value).lower() if isinstance(value, bool) else str(value)

@@ -61,12 +61,14 @@ def test_smoke_run_through_the_real_commands(tiny_model_dir, tmp_path, monkeypat
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
     out = bench.main([
         "--smoke", "--model-dir", str(tiny_model_dir), "--data", str(DATA), "--home", str(tmp_path / "home"),
-        "--variants", "lora", "--seeds", "42,1", "--out", str(tmp_path / "q.json"),
+        "--variants", "ptuning", "--seeds", "42,1", "--out", str(tmp_path / "q.json"),
     ])  # fmt: skip
     record = json.loads(out.read_text(encoding="utf-8"))
     assert record["smoke"] and record["commit"] and record["device"] == "cpu" and record["versions"]["peft"]
     names = sorted(record["adapters"])
-    assert names == ["faults-lora-lr1e-3-s42", "faults-lora-s1", "faults-lora-s42"]
+    assert names == [
+        "faults-ptuning-e24-s42", "faults-ptuning-s1", "faults-ptuning-s42", "faults-ptuning-vt128-s42",
+    ]  # fmt: skip
     for adapter in record["adapters"].values():
         assert "validation" in adapter and adapter["spec"]["data"]["max_source_len"] == 192  # 3/4 of 256
         assert ("test" in adapter) == adapter["default"]  # candidates are never scored on test
@@ -74,10 +76,11 @@ def test_smoke_run_through_the_real_commands(tiny_model_dir, tmp_path, monkeypat
             adapter["spec"]["train"]["seed"] == adapter["seed"]
             and adapter["spec"]["data"]["template_ref"] == "chat:1"
         )
-    (row,) = [r for r in record["rows"] if r["variant"] == "lora"]
+    (row,) = [r for r in record["rows"] if r["variant"] == "ptuning"]
     assert row["seeds"] == [42, 1] and len(row["test"]["values"]) == 2 and row["test"]["std"] >= 0
-    assert set(record["selection"]) == {"lora-lr1e-3"} and set(record["base"]) == {"validation", "test"}
-    assert "| lora | `--method lora` | 42, 1 |" in record["markdown"]
+    assert set(record["selection"]) == {"ptuning-vt128", "ptuning-e24"}
+    assert set(record["base"]) == {"validation", "test"}
+    assert "| ptuning | `--method ptuning` | 42, 1 |" in record["markdown"]
     assert any(
         c.startswith("ft datasets add faults") and "--split validation=0.1" in c
         for c in record["ft_commands"]

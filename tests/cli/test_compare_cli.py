@@ -93,6 +93,16 @@ def test_compare_json_markdown_text_and_the_missing_hint(two_adapters, evaluable
     listed = ft("adapters", "evals", "f-lora").stdout
     assert "triple-f1" in listed and "f1=" in listed
 
+    # What the adapter generated, row by row, read from the checked predictions artifact.
+    rows = json.loads(ft("adapters", "evals", "f-lora", "--predictions", "--limit", "3", "--json").stdout)
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    assert all(set(r) >= {"input", "gold", "prediction", "scores"} for r in rows)
+    shown = ft("adapters", "evals", "f-lora", "--predictions", "--limit", "1").stdout
+    assert shown.startswith(f"evaluation {evals[0]['id']} of f-lora: the first 1 rows")
+    assert "--- row 0" in shown and "  gold: " in shown and "  prediction: " in shown
+    missing = ft("adapters", "evals", "f-lora", "--predictions", "--eval", "999", ok=False)
+    assert missing.exit_code == 1 and "adapter f-lora has no evaluation 999" in missing.output
+
 
 def test_the_base_hint_and_a_later_evaluation_win(two_adapters, evaluable, settings, store, ft):
     evaluate(evaluable, settings, store, adapters=["f-lora"], limit=2)

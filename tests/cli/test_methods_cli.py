@@ -24,5 +24,5 @@ def test_methods_list_shows_the_defaults_submit_train_uses(ft):
     assert (rows["lora"]["lr"], rows["lora"]["epochs"], rows["lora"]["flags"]["rank"]) == (2e-3, 4, 32)
     assert rows["ptuning-v2"]["flags"]["prefix_projection"] is True
     text = ft("methods", "list").stdout
-    assert "layers=last-half" in text and "paged_adamw_8bit" in text
+    assert "layers=last-53%" in text and "paged_adamw_8bit" in text
     assert text.splitlines()[0].split() == ["METHOD", "SAVES", "LR", "EPOCHS", "OPTIMIZER", "SETTINGS"]

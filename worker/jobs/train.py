@@ -44,7 +44,7 @@ def run_train(ctx: JobContext) -> Finish:
     )  # fmt: skip
 
     paths = TrainPaths(
-        checkpoints=ctx.workdir / "checkpoints", tensorboard=ctx.settings.logs / f"job-{ctx.job.id}-tb"
+        checkpoints=ctx.workdir / "checkpoints", tensorboard=ctx.settings.tensorboard_dir(ctx.job.id)
     )
     last_logged = [-1]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -136,6 +137,9 @@ def test_submit_train_wait_on_a_real_worker_then_adapters_cli(trainable, workers
     assert [a["name"] for a in listed] == ["faults-lora"] and listed[0]["method"] == "lora"
     shown = json.loads(ft("adapters", "show", "faults-lora", "--json").output)
     assert shown["hyperparameters"]["method"]["rank"] == 4 and shown["sha256"]
+    job = json.loads(ft("jobs", "show", str(shown["job_id"]), "--json").output)
+    assert job["tensorboard"] and list(Path(job["tensorboard"]).glob("events.out.tfevents.*"))
+    assert f"tensorboard --logdir {job['tensorboard']}" in ft("jobs", "show", str(shown["job_id"])).output
     out = tmp_path / "export"
     ft("adapters", "export", "faults-lora", str(out))
     assert (out / "adapter_config.json").is_file() and (out / "README.md").is_file()
