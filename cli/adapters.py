@@ -145,14 +145,23 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--merge", is_flag=True, help="Merge LoRA/DoRA into the base and write a full model directory.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+    default="auto",
+    show_default=True,
+    help="Weights of a --merge export; auto: the base model's own dtype.",
+)
 @pass_app
-def export(app: AppContext, name: str, dest: Path, merge: bool) -> None:
-    """Copy an adapter's files to DEST (which must not exist), or merge it into a full model.
+def export(app: AppContext, name: str, dest: Path, merge: bool, dtype: str) -> None:
+    """Copy an adapter's files to DEST (which must not exist), or merge it into a full model (with a
+    model card saying what was merged and in which dtype).
 
     \b
     Example:
         ft adapters export faults-lora ./faults-lora
         ft adapters export faults-lora ./faults-merged --merge
+        ft adapters export faults-lora ./faults-merged-bf16 --merge --dtype bf16
     """
     from catalog.adapters import get_adapter
     from catalog.errors import Conflict
@@ -166,11 +175,15 @@ def export(app: AppContext, name: str, dest: Path, merge: bool) -> None:
         method, uri, sha256, base = a.method, a.artifact_uri, a.sha256, a.base_model
     src = verify_artifact(app.store, uri, sha256, f"adapter {name}")
     if merge:
-        from worker.methods.saving import merge_to_dir
+        from worker.methods.saving import DTYPES, merge_to_dir
         from worker.models.directories import model_dir
 
-        merge_to_dir(model_dir(app.store, base), src, dest, method=method)
-        click.echo(f"merged {name} into {base.name}: {dest}")
+        chosen = base_dtype(base.dtype) if dtype == "auto" else DTYPES[dtype]
+        card = {"name": f"{name}-merged", "adapter": name, "adapter_sha256": sha256, "base_model": base.name,
+                "base_model_origin": base.origin or base.uri,
+                "base_model_id": base.origin if base.source == "hub" else None}  # fmt: skip
+        merge_to_dir(model_dir(app.store, base), src, dest, method=method, dtype=chosen, card=card)
+        click.echo(f"merged {name} into {base.name} as {chosen}: {dest}")
         return
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns(MANIFEST))
     click.echo(f"exported {name} ({method}) to {dest}")
@@ -197,3 +210,9 @@ def rm(app: AppContext, name: str, yes: bool) -> None:
         if not artifact_in_use(s, uri):
             app.store.remove(uri)
     click.echo(f"removed adapter {name}")
+
+
+def base_dtype(recorded: str | None) -> str:
+    """The dtype a merged export keeps by default: the base's own (fp32 when it was not recorded, or
+    when it is not a float type a model is saved in, e.g. a GGUF's quantised blocks)."""
+    return recorded if recorded in ("bfloat16", "float16", "float32") else "float32"

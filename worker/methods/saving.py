@@ -133,6 +133,10 @@ def load_for_inference(
     return spec.artifact.load(Path(base_model_dir), Path(artifact_dir), load_base=base).eval()
 
 
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+"""`ft adapters export --merge --dtype` names and the torch dtypes they stand for."""
+
+
 def merge_to_dir(
     base_model_dir: Path | str,
     artifact_dir: Path | str,
@@ -140,10 +144,12 @@ def merge_to_dir(
     *,
     method: str = "lora",
     dtype: Any = None,
+    card: dict[str, Any] | None = None,
 ) -> Path:
     """Merge a LoRA/DoRA (or QLoRA) adapter into its base and save the merged model with the base's
-    tokenizer: an ordinary model directory that needs neither peft nor the adapter. The base is loaded
-    unquantised in `dtype` (bf16 when None), so QLoRA adapters merge into bf16 weights."""
+    tokenizer and a model card (README.md: what was merged, in which dtype, from which adapter): an
+    ordinary model directory that needs neither peft nor the adapter. The base is loaded unquantised
+    in `dtype` (a torch dtype or its name; bf16 when None), so QLoRA adapters merge into full weights."""
     import torch
     from peft import PeftModel
 
@@ -153,10 +159,35 @@ def merge_to_dir(
         raise InvalidInput(
             f"only lora/qlora adapters can be merged, not {method}: export the adapter instead"
         )
-    base = load_base(base_model_dir, "cpu", dtype=dtype or torch.bfloat16)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, DTYPES.get(dtype, dtype))
+    dtype = dtype or torch.bfloat16
+    base = load_base(base_model_dir, "cpu", dtype=dtype)
     merged = PeftModel.from_pretrained(base, Path(artifact_dir)).merge_and_unload()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out, safe_serialization=True)
     load_tokenizer(base_model_dir).save_pretrained(out)
+    card = {**(card or {}), "method": method, "dtype": str(dtype).removeprefix("torch.")}
+    (out / "README.md").write_text(render_merged_card(card), encoding="utf-8")
     return out
+
+
+def render_merged_card(card: dict[str, Any]) -> str:
+    """The model card of a merged export: front matter for hubs, then what it was made from."""
+    front: dict[str, Any] = {"library_name": "transformers", "tags": ["ft", card["method"], "merged"]}
+    if card.get("base_model_id"):
+        front["base_model"] = card["base_model_id"]
+    title = card.get("name") or "merged model"
+    about = (
+        f"The `{card['method']}` adapter `{card.get('adapter', '?')}` merged into its base "
+        f"`{card.get('base_model', '?')}` by `ft adapters export --merge`, saved as **{card['dtype']}**."
+    )
+    rows = {k: v for k, v in card.items() if k not in ("name", "base_model_id")}
+    return "\n".join([
+        "---", yaml.safe_dump(front, allow_unicode=True, sort_keys=False).strip(), "---", "",
+        f"# {title}", "", about, "", *_table(rows), "",
+        "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        'model = AutoModelForCausalLM.from_pretrained("PATH")',
+        'tokenizer = AutoTokenizer.from_pretrained("PATH")', "```", "",
+    ])  # fmt: skip

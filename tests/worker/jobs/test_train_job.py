@@ -144,8 +144,14 @@ def test_submit_train_wait_on_a_real_worker_then_adapters_cli(trainable, workers
     ft("adapters", "export", "faults-lora", str(out))
     assert (out / "adapter_config.json").is_file() and (out / "README.md").is_file()
     merged = tmp_path / "merged"
-    ft("adapters", "export", "faults-lora", str(merged), "--merge")
+    said = ft("adapters", "export", "faults-lora", str(merged), "--merge").output
     assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors"))
+    assert "merged faults-lora into tiny as float32: " in said  # the base's own dtype
+    card = (merged / "README.md").read_text()
+    assert "saved as **float32**" in card and shown["sha256"] in card and "merged" in card
+    assert json.loads((merged / "config.json").read_text())["dtype"] == "float32"
+    ft("adapters", "export", "faults-lora", str(tmp_path / "m16"), "--merge", "--dtype", "bf16")
+    assert json.loads((tmp_path / "m16" / "config.json").read_text())["dtype"] == "bfloat16"
     again = ft("adapters", "export", "faults-lora", str(out), ok=False)
     assert again.exit_code != 0 and "already exists" in again.output
     clash = run_ft(
