@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,11 @@ def export(app: AppContext, name: str, dest: Path, merge: bool, dtype: str) -> N
         click.echo(f"merged {name} into {base.name} as {chosen}: {dest}")
         return
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns(MANIFEST))
+    config = dest / "adapter_config.json"
+    if config.is_file():  # peft recorded this machine's path of the base: name what others can resolve
+        data = json.loads(config.read_text(encoding="utf-8"))
+        data["base_model_name_or_path"] = base.origin if base.source == "hub" else base.name
+        config.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     click.echo(f"exported {name} ({method}) to {dest}")
 
 

@@ -89,7 +89,10 @@ def run_train(ctx: JobContext) -> Finish:
     }
     card = {
         "name": spec.name,
-        "base_model": f"{base.name} ({base.architecture}, {base.source}: {base.origin or base.uri})",
+        "base_model": base.name,
+        "base_model_origin": f"{base.architecture}, {base.source}: {base.origin or base.uri}",
+        # a name other tools resolve (a hub id), never a path of this machine
+        "base_model_id": base.origin if base.source == "hub" else None,
         "dataset": spec.dataset_ref,
         "template": spec.template_ref,
         "job": ctx.job.id,

@@ -16,7 +16,17 @@ from worker.methods import get_method
 from worker.methods.artifacts import ArtifactFormat
 
 ARTIFACT_INFO = "ft_artifact.json"
-LINEAGE_KEYS = ("base_model", "dataset", "template", "job", "parent", "created_by", "created_at")
+LINEAGE_KEYS = (
+    "base_model",
+    "base_model_origin",
+    "base_model_id",
+    "dataset",
+    "template",
+    "job",
+    "parent",
+    "created_by",
+    "created_at",
+)
 
 
 def save_artifact(
@@ -60,8 +70,8 @@ def render_card(method: str, fmt: ArtifactFormat, card: dict[str, Any]) -> str:
         "library_name": fmt.library,
         "tags": ["ft", method],
     }
-    if card.get("base_model"):
-        front["base_model"] = str(card["base_model"])
+    if card.get("base_model_id"):  # hubs resolve `base_model` as an id: only a hub id goes there
+        front["base_model"] = str(card["base_model_id"])
     title = card.get("name") or f"{method} fine-tune of {card.get('base_model', 'a base model')}"
     parts = [
         "---",

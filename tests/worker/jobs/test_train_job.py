@@ -143,6 +143,9 @@ def test_submit_train_wait_on_a_real_worker_then_adapters_cli(trainable, workers
     out = tmp_path / "export"
     ft("adapters", "export", "faults-lora", str(out))
     assert (out / "adapter_config.json").is_file() and (out / "README.md").is_file()
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
+    front = (out / "README.md").read_text().split("---")[1]
+    assert "base_model:" not in front and str(tmp_path) not in front  # a path is not a hub id
     merged = tmp_path / "merged"
     said = ft("adapters", "export", "faults-lora", str(merged), "--merge").output
     assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors"))
