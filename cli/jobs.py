@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -114,6 +115,35 @@ def show(app: AppContext, job_id: int, as_json: bool) -> None:
         body = json.dumps(data[key], indent=2, ensure_ascii=False, sort_keys=True)
         click.echo(f"  {key}:")
         click.echo("\n".join("    " + line for line in body.splitlines()))
+
+
+@jobs.command()
+@click.argument("job_id", type=int)
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the PNG  [default: job-N-curves.png in FT_HOME's logs]")  # fmt: skip
+@pass_app
+def plot(app: AppContext, job_id: int, out: Path | None) -> None:
+    """Draw a training job's loss, eval loss and learning rate per step as a PNG, and print its path
+    (from the TensorBoard events it wrote; works while it runs).
+
+    \b
+    Example:
+        ft jobs plot 7
+        ft jobs plot 7 -o curves.png
+    """
+    from catalog.errors import InvalidInput
+    from worker.train.curves import plot_curves, read_curves
+
+    with app.catalog.session() as s:
+        job = get_job(s, job_id)
+        kind, name = job.kind, (job.spec or {}).get("name")
+    if kind != "train":
+        raise InvalidInput(f"job {job_id} is a {kind} job: only training jobs have curves")
+    curves = read_curves(app.settings.tensorboard_dir(job_id))
+    out = out or app.settings.logs / f"job-{job_id}-curves.png"
+    plot_curves(curves, out, f"job {job_id}" + (f": {name}" if name else ""))
+    points = ", ".join(f"{tag} {len(v)}" for tag, v in curves.items())
+    click.echo(f"{out}  ({points} points)")
 
 
 @jobs.command()

@@ -147,7 +147,7 @@ def test_list_and_show(ft, catalog):
     assert table.splitlines()[0].split()[:3] == ["ID", "KIND", "STATUS"] and "boom" in table
 
     data = json.loads(ft("jobs", "show", str(mine), "--json").stdout)
-    assert set(data) == JOB_FIELDS
+    assert set(data) == {*JOB_FIELDS, "tensorboard"} and data["tensorboard"] is None  # not a train job
     assert data["status"] == "failed" and data["error"] == "boom" and data["attempts"] == 1
     assert data["lease_owner"] == "w1" and data["spec"] == {"n": 1} and data["finished_at"]
     text = ft("jobs", "show", str(mine)).stdout

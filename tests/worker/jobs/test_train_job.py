@@ -140,6 +140,13 @@ def test_submit_train_wait_on_a_real_worker_then_adapters_cli(trainable, workers
     job = json.loads(ft("jobs", "show", str(shown["job_id"]), "--json").output)
     assert job["tensorboard"] and list(Path(job["tensorboard"]).glob("events.out.tfevents.*"))
     assert f"tensorboard --logdir {job['tensorboard']}" in ft("jobs", "show", str(shown["job_id"])).output
+    png = tmp_path / "curves.png"
+    plotted = ft("jobs", "plot", str(shown["job_id"]), "-o", str(png)).output
+    assert plotted.startswith(f"{png}  (train/loss 4, train/lr 4")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    convert = json.loads(ft("submit", "convert", "faults", "-m", "tiny", "--max-len", "96", "--json").output)
+    refused = ft("jobs", "plot", str(convert["id"]), ok=False)
+    assert refused.exit_code == 2 and "only training jobs have curves" in refused.output
     out = tmp_path / "export"
     ft("adapters", "export", "faults-lora", str(out))
     assert (out / "adapter_config.json").is_file() and (out / "README.md").is_file()
