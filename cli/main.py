@@ -79,6 +79,7 @@ def _register_subcommands() -> None:
         ("cli.adapters", "adapters"),
         ("cli.compare", None),  # adds `ft adapters compare` and `ft adapters evals`
         ("cli.quickstart", "quickstart"),
+        ("cli.doctor", "doctor"),
     ):
         mod = importlib.import_module(module)
         if name is not None:

@@ -5,6 +5,8 @@ Three kinds:
 - `jinja`: a sandboxed Jinja2 template over the same names (for optional sections);
 - `chat`: the tokenizer's own chat template; the user turn is instruction + input.
 Templates are immutable: adding a changed body under an existing name makes a new version.
+A Jinja body is trial-rendered in a limited child process when added and rendered with bounds
+everywhere (datasets_prep/template_guard.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from sqlalchemy.orm import Session
 
 from catalog.db import Catalog
@@ -26,6 +27,7 @@ from catalog.models import PromptTemplate
 from catalog.names import check_name
 from catalog.templates import insert_template
 from datasets_prep.rows import Row
+from datasets_prep.template_guard import BoundedSandbox, check_template, render_bounded
 
 KINDS = ("format", "jinja", "chat")
 FIELDS = ("instruction", "input", "system")
@@ -58,7 +60,7 @@ CHAT, PLAIN = "chat", "plain"
 """The default template: the tokenizer's chat template when it has one (every quality result of the
 README used it), else the instruction and input concatenated."""
 
-_jinja = ImmutableSandboxedEnvironment(keep_trailing_newline=True)
+_jinja = BoundedSandbox(keep_trailing_newline=True)
 
 
 def has_chat_template(model_dir: Path | None) -> bool:
@@ -110,7 +112,7 @@ def validate_body(kind: str, body: str) -> None:
             raise InvalidInput("template body uses neither {instruction} nor {input}: the rows would be lost")
     elif kind == "jinja":
         try:
-            _jinja.from_string(body)
+            _jinja.parse(body)  # parsing only: compiling runs code of the body (template_guard.py)
         except TemplateError as exc:
             raise InvalidInput(f"template body is not valid Jinja2: {exc}") from exc
 
@@ -120,9 +122,13 @@ def render_prompt(kind: str, body: str, row: Row, tokenizer: Any = None) -> str:
     if kind == "format":
         return body.format(instruction=row.instruction, input=row.input, system=row.system or "")
     if kind == "jinja":
-        return _compiled(body).render(
-            instruction=row.instruction, input=row.input, system=row.system or "", history=row.history
-        )
+        try:
+            return render_bounded(
+                _compiled(body),
+                instruction=row.instruction, input=row.input, system=row.system or "", history=row.history,
+            )  # fmt: skip
+        except TemplateError as exc:
+            raise InvalidInput(f"the jinja template failed to render a row: {exc}") from exc
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise InvalidInput(
             "template 'chat' needs a tokenizer with a chat template: pick another --template (e.g. plain)"
@@ -156,6 +162,9 @@ def add_template(
     body is reused."""
     check_name(name, "template name")
     validate_body(kind, body)
+    # The built-ins are tested: no child process per `ft init`.
+    if kind == "jinja" and not builtin:
+        check_template(name, body)
     return insert_template(session, name, kind, body, body_sha256(kind, body), user, description, builtin)
 
 
