@@ -18,10 +18,10 @@ from catalog.models import Dataset
 from cli.context import AppContext, pass_app
 from cli.output import print_json, print_table, when
 from datasets_prep.canonical import load_split
-from datasets_prep.formats import AUTO, names
+from datasets_prep.formats import AUTO, choices
 from datasets_prep.register import add_dataset
 from datasets_prep.split import parse_split
-from datasets_prep.validate import MAX_SHOWN, shorten
+from datasets_prep.validate import MAX_SHOWN, Report
 
 ROW_WIDTH = 96
 
@@ -41,8 +41,11 @@ def datasets() -> None:
 @click.argument("name")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option(
-    "--format", "fmt", type=click.Choice(names()), default=AUTO, show_default=True, help="Source format."
-)
+    "--format", "fmt", type=click.Choice(choices()), default=AUTO, show_default=True,
+    help="Source format (auto: picked from the first row's keys, and said on stderr).",
+)  # fmt: skip
+@click.option("--prompt-key", metavar="KEY", help="--format columns: the field holding the prompt.")
+@click.option("--response-key", metavar="KEY", help="--format columns: the field holding the response.")
 @click.option(
     "--test",
     "test_file",
@@ -70,17 +73,24 @@ def add(
     seed: int,
     skip_invalid: bool,
     as_json: bool,
+    prompt_key: str | None,
+    response_key: str | None,
 ) -> None:
     """Validate FILE, convert its rows and register them as the next version of NAME.
 
-    Every bad row is reported as FILE:LINE: CODE: message; by default any bad row refuses the
-    file and nothing is registered. Identical content to NAME's latest version makes no new version.
+    Every bad row is reported as FILE:LINE: CODE: message, errors first and counted per code; by
+    default any error refuses the file and nothing is registered. Warnings keep the row:
+    duplicate-row, and test-in-train (a --test row whose prompt is a training row's). An output may
+    be a list of references (the first is trained on, all are scored). Identical content to NAME's
+    latest version makes no new version.
 
     \b
     Example:
         ft datasets add faults fault_triples_train.jsonl --format triples --test fault_triples_test.jsonl
         ft datasets add adgen adgen_dev.jsonl --format adgen --split test=100 --seed 0
         ft datasets add chats sharegpt.json --split test=0.05 --split val=0.05 --skip-invalid
+        ft datasets add d2q train.json --test test.json --format columns \
+            --prompt-key text --response-key answer
     """
     wanted: dict[str, int | float] = {}
     for text in splits:
@@ -98,9 +108,13 @@ def add(
         splits=wanted,
         seed=seed,
         skip_invalid=skip_invalid,
+        prompt_key=prompt_key,
+        response_key=response_key,
         user=app.settings.user,
     )
     ds = result.dataset
+    if result.format_note:
+        click.echo(result.format_note, err=True)
     if as_json:
         print_json({**dataset_json(ds), "created": result.created, "report": result.report})
         return
@@ -110,7 +124,7 @@ def add(
         click.echo(f"{ds.ref} already holds this content: {_rows(ds)}; no new version")
     click.echo(f"sha256: {ds.sha256}")
     if result.report:
-        _echo_report(ds, result.report)
+        _echo_report(ds, result.shown)
 
 
 @datasets.command("list")
@@ -196,7 +210,7 @@ def show(app: AppContext, ref: str, n_rows: int, as_json: bool) -> None:
                 text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
                 click.echo(f"{f'  {i}.' if j == 0 else '':<6}{key}: {_clip(text)}")
     if ds.report:
-        _echo_report(ds, ds.report, blank=True)
+        _echo_report(ds, Report.from_lines(ds.report).shown(MAX_SHOWN), blank=True)
 
 
 @datasets.command("rm")
@@ -266,8 +280,9 @@ def _clip(text: str) -> str:
     return text
 
 
-def _echo_report(ds: Dataset, lines: list[str], blank: bool = False) -> None:
+def _echo_report(ds: Dataset, shown: list[str], blank: bool = False) -> None:
+    """`shown`: the report as `Report.shown` orders it (errors per code first, then warnings)."""
     skipped = f" ({ds.invalid_count} invalid rows skipped)" if ds.invalid_count else ""
     click.echo(("\n" if blank else "") + f"Report{skipped}:")
-    for line in shorten(lines, MAX_SHOWN):
+    for line in shown:
         click.echo(line)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from catalog.datasets import insert_version
@@ -26,7 +26,7 @@ from datasets_prep.formats import AUTO
 from datasets_prep.formats.base import Format
 from datasets_prep.reader import RawReader
 from datasets_prep.split import TEST, SplitValue, check_splits, split_counts, write_splits
-from datasets_prep.validate import FileResult, Report, refuse_if_invalid, resolve_format, valid_lines
+from datasets_prep.validate import FileResult, Leakage, Report, pick_format, refuse_if_invalid, valid_lines
 
 ARTIFACT_KIND = "datasets"
 _ROWS_TMP = "rows.tmp"  # every valid row of the main file, before the split; never committed
@@ -40,6 +40,10 @@ class AddResult:
     """False when the content was identical to the latest version's (no new version)."""
     report: list[str]
     """This run's report: `FILE:LINE: CODE: message` for skipped rows and warnings."""
+    shown: list[str] = field(default_factory=list)
+    """What to print of it: errors first, counted per code, then warnings per code with examples."""
+    format_note: str | None = None
+    """For `--format auto`: which format it picked, from which keys."""
 
 
 def add_dataset(
@@ -53,13 +57,18 @@ def add_dataset(
     splits: Mapping[str, SplitValue] | None = None,
     seed: int = 0,
     skip_invalid: bool = False,
+    prompt_key: str | None = None,
+    response_key: str | None = None,
     user: str,
 ) -> AddResult:
     """Validate, convert and split `path` (and `test_path`) and register them as `name`'s next version.
 
     `splits` maps split names to a row count or a fraction (`{"test": 100}`, `{"test": 0.1}`);
     the rest is `train`. `test_path` is a separate file (same format) used as the `test` split.
-    Bad rows refuse the whole file (InvalidRows, listing them) unless `skip_invalid`.
+    Bad rows refuse the whole file (InvalidRows, listing them) unless `skip_invalid`; a `test_path`
+    row whose prompt is a training row's is reported as `test-in-train` (kept). `prompt_key` and
+    `response_key` name the fields of `--format columns`; `AddResult.format_note` says which format
+    `auto` picked, from which keys.
     """
     check_name(name, "dataset name")
     source = _existing_file(path, "FILE")
@@ -67,14 +76,16 @@ def add_dataset(
     wanted = check_splits(splits, test_file=test is not None)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidInput(f"--seed {seed!r}: expected an integer")
-    form = resolve_format(fmt, str(path))
+    form, note = pick_format(fmt, str(path), prompt_key, response_key)
     report = Report()
-    seen: set[bytes] = set()
+    train = Leakage(str(path)) if test is not None else None
     with store.staging() as stage:
-        files = [_convert(str(path), form, stage / _ROWS_TMP, seen, report)]
+        files = [_convert(str(path), form, stage / _ROWS_TMP, set(), report, collect=train)]
         if test is not None:
-            files.append(_convert(str(test_path), form, split_file(stage, TEST), seen, report))
-        refuse_if_invalid(report, files, form, skip_invalid)
+            files.append(
+                _convert(str(test_path), form, split_file(stage, TEST), set(), report, against=train)
+            )
+        refuse_if_invalid(report, files, form, skip_invalid, note="picked by --format auto" if note else None)
         counts = split_counts(wanted, files[0].rows, files[0].display)
         write_splits(stage / _ROWS_TMP, stage, counts, seed)
         if test is not None:
@@ -101,7 +112,7 @@ def add_dataset(
         created_by=user,
     )
     dataset, created = insert_version(catalog, store, dataset, artifact)
-    return AddResult(dataset, created, list(dataset.report))
+    return AddResult(dataset, created, list(dataset.report), report.shown(), note)
 
 
 def _existing_file(path: str | Path, flag: str) -> Path:
@@ -113,10 +124,19 @@ def _existing_file(path: str | Path, flag: str) -> Path:
     return p
 
 
-def _convert(display: str, form: Format, dest: Path, seen: set[bytes], report: Report) -> FileResult:
+def _convert(
+    display: str,
+    form: Format,
+    dest: Path,
+    seen: set[bytes],
+    report: Report,
+    *,
+    collect: Leakage | None = None,
+    against: Leakage | None = None,
+) -> FileResult:
     reader = RawReader(display)
     result = FileResult(display)
     with open(dest, "wb") as out:
-        for line in valid_lines(reader, form, seen, report, result):
+        for line in valid_lines(reader, form, seen, report, result, collect=collect, against=against):
             out.write(line)
     return result

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from datasets_prep.formats.base import Format, text
+from datasets_prep.formats.base import Format, output_text, text
 from datasets_prep.rows import Row
 
 
 def convert(obj: dict[str, Any]) -> Row:
-    if "content" in obj or "summary" in obj:
-        return Row(instruction="", input=text(obj, "content"), output=text(obj, "summary"))
-    return Row(instruction="", input=text(obj, "instruction"), output=text(obj, "output"))
+    prompt, response = (
+        ("content", "summary") if "content" in obj or "summary" in obj else ("instruction", "output")
+    )
+    input_ = text(obj, prompt)
+    output, refs = output_text(obj, response)
+    return Row(instruction="", input=input_, output=output, references=refs)
 
 
 FORMAT = Format(

@@ -49,6 +49,29 @@ def text(obj: dict[str, Any], key: str, *, allow_empty: bool = False, label: str
     return _string(obj[key], label, allow_empty)
 
 
+MAX_REFERENCES = 16
+"""The most references one row's output may list (more is almost surely a mistaken field)."""
+
+
+def output_text(obj: dict[str, Any], key: str, *, allow_empty: bool = False) -> tuple[str, tuple[str, ...]]:
+    """The output at `obj[key]` and its references: a string gives `(s, ())`; a list of 1 to
+    `MAX_REFERENCES` strings (a multi-reference test set) gives `(first, all)`: training uses the first,
+    metrics score against all."""
+    if key not in obj:
+        raise RowError("missing-field", f"no field {key!r}")
+    value = obj[key]
+    if not isinstance(value, list):
+        return _string(value, repr(key), allow_empty), ()
+    if not 1 <= len(value) <= MAX_REFERENCES:
+        found = "an empty list" if not value else f"a list of {len(value)}"
+        raise RowError(
+            "wrong-type",
+            f"field {key!r} must be a string or a list of 1-{MAX_REFERENCES} strings, found {found}",
+        )
+    refs = tuple(_string(v, repr(f"{key}[{i}]"), allow_empty) for i, v in enumerate(value))
+    return refs[0], refs if len(refs) > 1 else ()
+
+
 def optional_text(obj: dict[str, Any], key: str) -> str | None:
     """The string at `obj[key]` (may be empty), or None when the key is absent or null."""
     if obj.get(key) is None:

@@ -136,7 +136,7 @@ class Evaluator:
             model, self.tokenizer, prompts * len(targets), cfg, on_progress=on_progress,
             should_stop=self.should_stop, add_special_tokens=template.kind != "chat", adapter_names=mixed,
         )  # fmt: skip
-        gold = [r.output for r in self.rows]
+        gold = [r.gold for r in self.rows]  # every reference of a multi-reference row
         peak = result.peak_memory_bytes if result.peak_memory_bytes is not None else peak_rss_bytes()
         share = result.seconds / len(targets)
         outcomes = []
@@ -167,7 +167,7 @@ class Evaluator:
                 for i, (row, text, score, cut) in enumerate(
                     zip(self.rows, texts, scores, truncated, strict=True)
                 ):
-                    line = {"index": i, "input": row.input, "gold": row.output, "prediction": text,
+                    line = {"index": i, "input": row.input, "gold": row.gold, "prediction": text,
                             "scores": score, "truncated": cut}  # fmt: skip
                     f.write(json.dumps(line, ensure_ascii=False) + "\n")
             return self.store.commit(staged, "predictions")

@@ -1,5 +1,8 @@
 """Evaluation metrics, registered by name: `get_metric("triple-f1").score(predictions, references)`.
 
+A reference is a string, or a list of strings for a multi-reference test row (`Row.gold`);
+`bleu-rouge-zh` and `exact-match` score against all of them, `triple-f1` against the first.
+
 Each metric lives in its own module of this package and registers one `score` function with
 `register_metric`, declaring its headline key (the number `ft adapters compare` shows) and whether
 generation for it should stop on a repeated line. Importing this package registers the built-ins.
@@ -23,7 +26,9 @@ class MetricResult:
     """One dict per (prediction, reference) pair, in input order."""
 
 
-ScoreFn = Callable[[list[str], list[str]], MetricResult]
+Gold = str | Sequence[str]
+"""One sample's gold output: a string, or every reference of a multi-reference test row."""
+ScoreFn = Callable[[list[str], list[Gold]], MetricResult]
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,15 @@ def get_metric(name: str) -> Metric:
         raise InvalidInput(f"unknown metric {name!r}; known metrics: {known}") from None
 
 
-def check_pairs(predictions: Sequence[str], references: Sequence[str]) -> None:
+def references_of(gold: Gold) -> list[str]:
+    """The references of one sample: `[gold]` for a string, else the list (never empty)."""
+    refs = [gold] if isinstance(gold, str) else list(gold)
+    if not refs:
+        raise ValueError("a sample has an empty list of references")
+    return refs
+
+
+def check_pairs(predictions: Sequence[str], references: Sequence[Gold]) -> None:
     """Raise ValueError unless there is exactly one reference per prediction."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references; need one each")

@@ -8,6 +8,10 @@ Per (prediction, label) pair:
 - each ×100 and rounded to 4 decimals, as ChatGLM does; the summary is the mean of each.
 Keys: "rouge-1", "rouge-2", "rouge-l", "bleu-4".
 
+Multi-reference rows (a list of labels): BLEU-4 is nltk's multi-reference `sentence_bleu([list(r) for
+r in labels], ...)` (clipped counts against every reference, the closest reference length); each
+ROUGE number is the best over the references. One label scores exactly as above.
+
 Where ChatGLM would crash (rouge_chinese raises on an empty hypothesis or reference), this scores 0
 on all four: an empty or whitespace-only prediction, or an empty or whitespace-only label, scores 0,
 never NaN. jieba and nltk are imported and initialised on first use, with jieba's logging quietened.
@@ -19,7 +23,7 @@ import functools
 import logging
 from typing import Any
 
-from worker.evaluation.metrics import MetricResult, check_pairs, mean, register_metric
+from worker.evaluation.metrics import Gold, MetricResult, check_pairs, mean, references_of, register_metric
 
 HEADLINE = "bleu-4"
 KEYS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
@@ -37,22 +41,26 @@ def _tools() -> tuple[Any, Any, Any, Any]:
     return jieba, Rouge, sentence_bleu, SmoothingFunction().method3
 
 
-def score_pair(prediction: str, label: str) -> dict[str, float]:
-    """The four numbers (×100, 4 decimals) for one pair; zeros when either side is blank."""
-    if not prediction.strip() or not label.strip():
+def score_pair(prediction: str, label: Gold) -> dict[str, float]:
+    """The four numbers (×100, 4 decimals) for one prediction against its label or labels; zeros
+    when the prediction is blank or every label is (a blank label among others is left out)."""
+    labels = [ref for ref in references_of(label) if ref.strip()]
+    if not prediction.strip() or not labels:
         return dict.fromkeys(KEYS, 0.0)
     jieba, rouge_cls, sentence_bleu, method3 = _tools()
-    hypothesis = list(jieba.cut(prediction))
-    reference = list(jieba.cut(label))
-    rouge = rouge_cls().get_scores(" ".join(hypothesis), " ".join(reference))[0]
-    result = {key: round(rouge[key]["f"] * 100, 4) for key in ("rouge-1", "rouge-2", "rouge-l")}
-    bleu = sentence_bleu([list(label)], list(prediction), smoothing_function=method3)
+    hypothesis = " ".join(jieba.cut(prediction))
+    result = dict.fromkeys(("rouge-1", "rouge-2", "rouge-l"), 0.0)
+    for ref in labels:
+        rouge = rouge_cls().get_scores(hypothesis, " ".join(jieba.cut(ref)))[0]
+        for key in result:
+            result[key] = max(result[key], round(rouge[key]["f"] * 100, 4))
+    bleu = sentence_bleu([list(ref) for ref in labels], list(prediction), smoothing_function=method3)
     result["bleu-4"] = round(bleu * 100, 4)
     return result
 
 
 @register_metric("bleu-rouge-zh", headline=HEADLINE)
-def score(predictions: list[str], references: list[str]) -> MetricResult:
+def score(predictions: list[str], references: list[Gold]) -> MetricResult:
     """Per-sample ROUGE-1/2/L F and character BLEU-4 (×100); the summary is their means."""
     check_pairs(predictions, references)
     per_sample = [score_pair(p, r) for p, r in zip(predictions, references, strict=True)]

@@ -16,12 +16,13 @@ Per sample, with tp = |pred ∩ gold|: P = tp/|pred|, R = tp/|gold|, F1 = 2PR/(P
 
 Summary: "f1", "precision", "recall" are macro means over samples ("f1" is the write-up's number);
 "micro_precision", "micro_recall", "micro_f1" pool tp/|pred|/|gold| over all samples with the same
-edge-case rules; "samples" is the number of samples. Zero samples give zeros.
+edge-case rules; "samples" is the number of samples. Zero samples give zeros. A multi-reference row
+is scored against its first reference (a triple set has one gold answer).
 """
 
 from __future__ import annotations
 
-from worker.evaluation.metrics import MetricResult, check_pairs, mean, register_metric
+from worker.evaluation.metrics import Gold, MetricResult, check_pairs, mean, references_of, register_metric
 
 HEADLINE = "f1"
 STOP_ON_REPEATED_LINE = True
@@ -51,12 +52,12 @@ def _prf(tp: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
 
 
 @register_metric("triple-f1", headline=HEADLINE, stop_on_repeated_line=STOP_ON_REPEATED_LINE)
-def score(predictions: list[str], references: list[str]) -> MetricResult:
+def score(predictions: list[str], references: list[Gold]) -> MetricResult:
     """Macro (per-sample) and micro precision/recall/F1 of predicted triple sets against gold."""
     check_pairs(predictions, references)
     per_sample: list[dict[str, float]] = []
     for prediction, reference in zip(predictions, references, strict=True):
-        pred, gold = parse_triples(prediction), parse_triples(reference)
+        pred, gold = parse_triples(prediction), parse_triples(references_of(reference)[0])
         tp = len(pred & gold)
         precision, recall, f1 = _prf(tp, len(pred), len(gold))
         per_sample.append(
