@@ -273,3 +273,22 @@ class Evaluation(Base):
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Worker(Base):
+    """A running (or stopped) `ft worker`: where it runs, what it takes, its GPUs and their jobs.
+
+    `gpus` is a list of {"index", "model", "class", "memory_bytes", "job_id"}: the job each GPU runs
+    now, or null. Only the functions in `catalog.workers` write it."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)  # the Celery hostname, ft-PID@HOST
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[Any]] = mapped_column(JSON)  # ["cpu", "gpu"]
+    gpus: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)  # the heartbeat
+    stopped_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

@@ -76,6 +76,8 @@ def _register_subcommands() -> None:
         ("cli.submit_eval", None),  # adds `ft submit eval`
         ("cli.jobs", "jobs"),
         ("cli.worker", "worker"),
+        ("cli.workers", "workers"),
+        ("cli.workers", "pool"),  # `ft pool`: the same as `ft workers list`
         ("cli.adapters", "adapters"),
         ("cli.compare", None),  # adds `ft adapters compare` and `ft adapters evals`
         ("cli.quickstart", "quickstart"),

@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -136,17 +137,24 @@ def run_job(
     *,
     store: ArtifactStore | None = None,
     handlers: HandlerRegistry = HANDLERS,
+    on_claimed: Callable[[int], None] | None = None,
 ) -> str:
     """Run job `job_id` as `owner` to its end; returns the final status (`succeeded`, `failed`,
-    `cancelled`), or `skipped` if it was not claimable, or `lost` if the lease was lost mid-run."""
+    `cancelled`), or `skipped` if it was not claimable, or `lost` if the lease was lost mid-run.
+    `on_claimed(job_id)` runs once the lease is held, before the handler (the pool records the job's
+    GPU there)."""
     settings = catalog.settings
     job = claim_job(catalog, job_id, owner, settings.lease_seconds)
     if job is None:
         logger.info("job %d is not claimable (running elsewhere, finished or cancelled); dropped", job_id)
         return SKIPPED
+    if on_claimed is not None:
+        on_claimed(job.id)
     store = store or ArtifactStore(settings.artifacts)
     with job_logger(job, settings) as log:
         log.info("job %d (%s) attempt %d/%d on %s", job.id, job.kind, job.attempts, job.max_attempts, owner)
+        if gpus := os.environ.get("CUDA_VISIBLE_DEVICES"):  # set per job process by worker.jobs.pool
+            log.info("job %d on GPU %s (CUDA_VISIBLE_DEVICES=%s)", job.id, gpus, gpus)
         with Heartbeat(catalog, job.id, owner, settings.lease_seconds, log, job.progress) as beat:
             ctx = JobContext(catalog, store, settings, job, log, beat.report, beat.should_stop)
             finish, status, error = _call_handler(handlers, ctx)

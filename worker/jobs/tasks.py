@@ -1,4 +1,5 @@
-"""The Celery task: one call to `worker.runner.run_job`, in a fresh worker process per job.
+"""The Celery task: one call to `worker.jobs.pool.run_pool_job` (`run_job` on this process's GPU), in
+a fresh worker process per job.
 
 The message carries only the job id; the catalog holds the rest. Nothing heavy is imported here
 (the handler imports torch when it runs), so the worker's parent process never initialises CUDA.
@@ -13,8 +14,8 @@ from celery import Task, shared_task
 from catalog.db import Catalog
 from catalog.errors import ServiceUnavailable
 from worker.jobs.messages import TASK_NAME
+from worker.jobs.pool import run_pool_job
 from worker.jobs.requests import job_owner
-from worker.jobs.runner import run_job
 
 
 @shared_task(
@@ -32,6 +33,7 @@ from worker.jobs.runner import run_job
 def run_job_task(self: Task, job_id: int) -> str:
     catalog = Catalog(self.app.conf.ft_settings)
     try:
-        return run_job(catalog, job_id, owner=job_owner(self.request.hostname, os.getpid()))
+        owner = job_owner(self.request.hostname, os.getpid())
+        return run_pool_job(catalog, self.app.conf.get("ft_pool"), job_id, owner)
     finally:
         catalog.dispose()

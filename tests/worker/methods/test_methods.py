@@ -161,7 +161,7 @@ def test_find_blocks_is_generic(tiny_model_dir):
 
 
 FREEZE_CASES = [
-    (FreezeConfig(), ("model.layers.1.", "model.norm.")),  # the default: the last 53% (1 of 2), at least 1 block
+    (FreezeConfig(), ("model.layers.1.", "model.norm.")),  # default: the last 53% (1 of 2)
     (FreezeConfig(layers=2, train_norm=False), ("model.layers.",)),
     (FreezeConfig(modules="*.mlp.*"), ("model.layers.0.mlp.", "model.layers.1.mlp.")),
     (

@@ -1,0 +1,229 @@
+"""The pool's workers: registration, heartbeat, stop, which job runs on which GPU, and the pool view.
+
+A worker (`ft worker`) registers itself with its queues and GPUs, heartbeats every
+`HEARTBEAT_SECONDS`, and is marked stopped on a clean exit. A worker not heard from for
+`GONE_AFTER_SECONDS` is shown as gone and its GPUs as free (it may have been killed, or its host lost).
+
+Each GPU entry in `workers.gpus` is {"index", "model", "class", "memory_bytes", "job_id"}. A job process
+claims a GPU when it starts a job and frees it at the end; the heartbeat frees GPUs whose job is no
+longer running on this worker (a job process killed before it could free its GPU). Every change to
+`gpus` first takes the row's write lock (a no-op UPDATE), so that two job processes claiming at once
+on SQLite or PostgreSQL never overwrite each other's claim.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from catalog.errors import NotFound
+from catalog.models import Job, Worker, utcnow
+
+HEARTBEAT_SECONDS = 10.0
+"""How often a worker writes its `last_seen`."""
+GONE_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
+"""A worker whose `last_seen` is older than this is shown as gone, its GPUs free."""
+
+GPU_KEYS = ("index", "model", "class", "memory_bytes")
+
+
+@dataclass(frozen=True)
+class GpuView:
+    """One GPU of a worker as `ft workers list` shows it; job fields are None when it is free."""
+
+    index: int
+    model: str
+    gpu_class: str
+    memory_bytes: int
+    job_id: int | None = None
+    job_kind: str | None = None
+    submitted_by: str | None = None
+    progress: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """One worker: `state` is `alive`, `gone` (no heartbeat for `GONE_AFTER_SECONDS`) or `stopped`."""
+
+    id: int
+    name: str
+    host: str
+    pid: int
+    queues: list[str]
+    state: str
+    started_at: dt.datetime
+    last_seen: dt.datetime
+    stopped_at: dt.datetime | None
+    gpus: list[GpuView] = field(default_factory=list)
+
+    @property
+    def alive(self) -> bool:
+        return self.state == "alive"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["alive"] = self.alive
+        for gpu in out["gpus"]:
+            gpu["class"] = gpu.pop("gpu_class")
+        return out
+
+
+def register_worker(
+    session: Session,
+    name: str,
+    host: str,
+    pid: int,
+    queues: Sequence[str],
+    gpus: Sequence[Mapping[str, Any]],
+) -> Worker:
+    """Add the worker `name` (or take over the row of an earlier worker of that name): started now,
+    not stopped, all its GPUs free. `gpus` are mappings with index, model, class and memory_bytes."""
+    entries = [{**{k: gpu[k] for k in GPU_KEYS}, "job_id": None} for gpu in gpus]
+    indices = [e["index"] for e in entries]
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"GPU indices must be distinct, got {indices}")
+    now = utcnow()
+    worker = session.scalars(select(Worker).where(Worker.name == name)).first()
+    if worker is None:
+        worker = Worker(name=name)
+        session.add(worker)
+    worker.host, worker.pid, worker.queues, worker.gpus = host, pid, list(queues), entries
+    worker.started_at, worker.last_seen, worker.stopped_at = now, now, None
+    session.flush()
+    return worker
+
+
+def heartbeat(session: Session, worker_id: int, *, now: dt.datetime | None = None) -> None:
+    """The worker is alive now; GPUs whose job no longer runs on this worker are freed."""
+    worker = _locked(session, worker_id)
+    worker.last_seen = now or utcnow()
+    held = {g["job_id"] for g in worker.gpus if g["job_id"] is not None}
+    if not held:
+        return
+    prefix = f"{worker.name}:"  # lease owners of this worker's job processes (worker.jobs.requests)
+    running = {
+        job_id
+        for job_id, owner in session.execute(
+            select(Job.id, Job.lease_owner).where(Job.id.in_(held), Job.status == "running")
+        )
+        if owner is not None and owner.startswith(prefix)
+    }
+    if held - running:
+        worker.gpus = [g if g["job_id"] in running else {**g, "job_id": None} for g in worker.gpus]
+
+
+def mark_stopped(session: Session, worker_id: int) -> None:
+    """The worker stopped cleanly: it is shown as stopped, its GPUs free."""
+    worker = _locked(session, worker_id)
+    now = utcnow()
+    worker.stopped_at, worker.last_seen = now, now
+    worker.gpus = [{**g, "job_id": None} for g in worker.gpus]
+
+
+def claim_gpu(
+    session: Session, worker_id: int, job_id: int, index: int | None = None, *, take_over: bool = False
+) -> int | None:
+    """Record that job `job_id` runs on one of the worker's GPUs; returns that GPU's index, or None
+    when none is free. With `index`, only that GPU is claimed. A GPU is free when it holds no job or
+    its job is no longer running; `take_over` claims `index` whatever it holds (the caller owns that
+    GPU, e.g. its pool slot, and knows the job recorded there is dead)."""
+    worker = _locked(session, worker_id)
+    gpus = worker.gpus
+    candidates = [g for g in gpus if index is None or g["index"] == index]
+    if index is not None and not candidates:
+        raise NotFound(f"worker {worker.name} has no GPU {index}")
+    held = {g["job_id"] for g in candidates if g["job_id"] is not None}
+    running = set(session.scalars(select(Job.id).where(Job.id.in_(held), Job.status == "running")))
+    for gpu in candidates:
+        if take_over or gpu["job_id"] is None or gpu["job_id"] not in running or gpu["job_id"] == job_id:
+            chosen = gpu["index"]
+            worker.gpus = [{**g, "job_id": job_id} if g["index"] == chosen else g for g in gpus]
+            return chosen
+    return None
+
+
+def free_gpu(session: Session, worker_id: int, job_id: int) -> None:
+    """Job `job_id` is over on this worker: the GPUs it held are free (a no-op if it held none)."""
+    worker = _locked(session, worker_id)
+    if any(g["job_id"] == job_id for g in worker.gpus):
+        worker.gpus = [{**g, "job_id": None} if g["job_id"] == job_id else g for g in worker.gpus]
+
+
+def list_workers(
+    session: Session,
+    *,
+    now: dt.datetime | None = None,
+    gone_after: float = GONE_AFTER_SECONDS,
+    include_stopped: bool = True,
+) -> list[WorkerView]:
+    """Every worker, alive ones first (then by name), with its GPUs and the job on each (with the job's
+    kind, submitter and progress). A gone or stopped worker's GPUs are shown free."""
+    now = now or utcnow()
+    query = select(Worker)
+    if not include_stopped:
+        query = query.where(Worker.stopped_at.is_(None))
+    workers = list(session.scalars(query))
+    job_ids = {g["job_id"] for w in workers for g in w.gpus if g["job_id"] is not None}
+    jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(job_ids)))} if job_ids else {}
+    views = []
+    for w in workers:
+        if w.stopped_at is not None:
+            state = "stopped"
+        elif (now - w.last_seen).total_seconds() > gone_after:
+            state = "gone"
+        else:
+            state = "alive"
+        views.append(
+            WorkerView(
+                id=w.id,
+                name=w.name,
+                host=w.host,
+                pid=w.pid,
+                queues=list(w.queues),
+                state=state,
+                started_at=w.started_at,
+                last_seen=w.last_seen,
+                stopped_at=w.stopped_at,
+                gpus=[_gpu_view(g, jobs.get(g["job_id"]) if state == "alive" else None) for g in w.gpus],
+            )
+        )
+    views.sort(key=lambda v: (v.state != "alive", v.name))
+    return views
+
+
+def get_worker(session: Session, worker_id: int) -> Worker:
+    worker = session.get(Worker, worker_id)
+    if worker is None:
+        raise NotFound(f"no worker with id {worker_id}")
+    return worker
+
+
+def _gpu_view(gpu: Mapping[str, Any], job: Job | None) -> GpuView:
+    base = dict(
+        index=gpu["index"], model=gpu["model"], gpu_class=gpu["class"], memory_bytes=gpu["memory_bytes"]
+    )
+    if job is None or job.status != "running":
+        return GpuView(**base)
+    return GpuView(
+        **base,
+        job_id=job.id,
+        job_kind=job.kind,
+        submitted_by=job.submitted_by,
+        progress=dict(job.progress or {}),
+    )
+
+
+def _locked(session: Session, worker_id: int) -> Worker:
+    """The worker's row, read after taking its write lock (an UPDATE that changes nothing): on
+    PostgreSQL a row lock, on SQLite the database's write lock, held until the transaction ends."""
+    found = session.execute(update(Worker).where(Worker.id == worker_id).values(id=Worker.id))
+    if found.rowcount == 0:
+        raise NotFound(f"no worker with id {worker_id}")
+    return session.scalars(
+        select(Worker).where(Worker.id == worker_id).execution_options(populate_existing=True)
+    ).one()

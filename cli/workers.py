@@ -1,0 +1,96 @@
+"""`ft workers list` (alias `ft pool`): the pool's workers, their GPUs, what runs where and for whom."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+
+from catalog.models import utcnow
+from catalog.workers import WorkerView, list_workers
+from cli.context import AppContext, pass_app
+from cli.follow import format_progress
+from cli.output import human_bytes, human_seconds, print_json, print_table
+
+
+@click.group()
+def workers() -> None:
+    """The pool: every worker, its GPUs and the job on each.
+
+    \b
+    Example:
+        ft workers list
+        ft pool --json
+    """
+
+
+def _options(f):
+    f = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+    f = click.option("--running", is_flag=True, help="Leave out workers that stopped cleanly.")(f)
+    return f
+
+
+@workers.command("list")
+@_options
+@pass_app
+def list_(app: AppContext, as_json: bool, running: bool) -> None:
+    """List workers (alive first) and their GPUs: class, memory, the job on each, who submitted it and
+    its progress. A worker that missed three heartbeats (30 s) is shown as gone, its GPUs free.
+
+    \b
+    Example:
+        ft workers list
+        ft workers list --running --json
+    """
+    _show(app, as_json, running)
+
+
+@click.command()
+@_options
+@pass_app
+def pool(app: AppContext, as_json: bool, running: bool) -> None:
+    """The pool at a glance (the same as `ft workers list`).
+
+    \b
+    Example:
+        ft pool
+        ft pool --json
+    """
+    _show(app, as_json, running)
+
+
+def _show(app: AppContext, as_json: bool, running: bool) -> None:
+    now = utcnow()
+    with app.catalog.session() as s:
+        views = list_workers(s, now=now, include_stopped=not running)
+    if as_json:
+        print_json([v.to_dict() for v in views])
+        return
+    print_table(
+        ["worker", "state", "queues", "gpu", "class", "memory", "job", "user", "progress"],
+        [row for v in views for row in _rows(v, now)],
+        empty="(no workers: start one with `ft worker`)",
+    )
+
+
+def _rows(view: WorkerView, now: dt.datetime) -> list[list[object]]:
+    state = view.state
+    if state != "alive":
+        state += f" {human_seconds((now - (view.stopped_at or view.last_seen)).total_seconds())} ago"
+    head = [view.name, state, ",".join(view.queues)]
+    if not view.gpus:
+        return [[*head, "-", "", "", "", "", ""]]
+    rows = []
+    for i, gpu in enumerate(view.gpus):
+        rows.append(
+            [
+                *(head if i == 0 else ["", "", ""]),
+                gpu.index,
+                gpu.gpu_class,
+                human_bytes(gpu.memory_bytes),
+                gpu.job_id if gpu.job_id is not None else "free",
+                gpu.submitted_by,
+                format_progress(gpu.progress),
+            ]
+        )
+    return rows

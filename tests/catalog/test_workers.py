@@ -1,0 +1,168 @@
+"""The workers table on SQLite and PostgreSQL: register, heartbeat, stop, GPU claims (also when job
+processes claim at once), and the pool view with alive / gone / stopped workers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+
+from catalog.errors import NotFound
+from catalog.jobs import claim_job, finish_job
+from catalog.models import utcnow
+from catalog.workers import (
+    GONE_AFTER_SECONDS,
+    claim_gpu,
+    free_gpu,
+    heartbeat,
+    list_workers,
+    mark_stopped,
+    register_worker,
+)
+from tests.catalog.test_jobs import jobs_catalog, new_job  # noqa: F401  # the fixture, both backends
+
+NAME = "ft-1@host-a"
+GPUS = [
+    {"index": i, "model": "NVIDIA H100 80GB HBM3", "class": "h100-80gb", "memory_bytes": 80 << 30}
+    for i in range(2)
+]
+
+
+def register(catalog, name=NAME, gpus=GPUS) -> int:
+    with catalog.session() as s:
+        return register_worker(s, name, "host-a", 1, ["cpu", "gpu"], gpus).id
+
+
+def running_job(catalog, worker_name=NAME) -> int:
+    job_id = new_job(catalog)
+    assert claim_job(catalog, job_id, f"{worker_name}:4242", 60) is not None
+    return job_id
+
+
+def pool(catalog, **kwargs):
+    with catalog.session() as s:
+        return list_workers(s, **kwargs)
+
+
+def jobs_on_gpus(catalog) -> list[int | None]:
+    (view,) = pool(catalog)
+    return [g.job_id for g in view.gpus]
+
+
+def test_register_then_list(jobs_catalog):  # noqa: F811
+    register(jobs_catalog)
+    (view,) = pool(jobs_catalog)
+    assert (view.name, view.host, view.pid, view.state) == (NAME, "host-a", 1, "alive")
+    assert view.queues == ["cpu", "gpu"]
+    assert [(g.index, g.gpu_class, g.memory_bytes, g.job_id) for g in view.gpus] == [
+        (0, "h100-80gb", 80 << 30, None),
+        (1, "h100-80gb", 80 << 30, None),
+    ]
+    data = view.to_dict()
+    assert data["alive"] is True and data["gpus"][0]["class"] == "h100-80gb"
+
+
+def test_a_restarted_worker_of_the_same_name_takes_its_row_back(jobs_catalog):  # noqa: F811
+    first = register(jobs_catalog)
+    with jobs_catalog.session() as s:
+        mark_stopped(s, first)
+    again = register(jobs_catalog, gpus=GPUS[:1])
+    assert again == first
+    (view,) = pool(jobs_catalog)
+    assert view.state == "alive" and view.stopped_at is None and len(view.gpus) == 1
+
+
+def test_claims_take_free_gpus_and_free_gives_them_back(jobs_catalog):  # noqa: F811
+    wid = register(jobs_catalog)
+    a, b, c = (running_job(jobs_catalog) for _ in range(3))
+    with jobs_catalog.session() as s:
+        assert claim_gpu(s, wid, a) == 0
+        assert claim_gpu(s, wid, b) == 1
+        assert claim_gpu(s, wid, c) is None  # both busy
+        assert claim_gpu(s, wid, c, index=0) is None
+    assert jobs_on_gpus(jobs_catalog) == [a, b]
+    (view,) = pool(jobs_catalog)
+    assert view.gpus[0].submitted_by == "tester" and view.gpus[0].job_kind == "convert"
+    with jobs_catalog.session() as s:
+        free_gpu(s, wid, a)
+        assert claim_gpu(s, wid, c) == 0
+        with pytest.raises(NotFound, match="has no GPU 7"):
+            claim_gpu(s, wid, c, index=7)
+    assert jobs_on_gpus(jobs_catalog) == [c, b]
+
+
+def test_a_gpu_whose_job_finished_is_free_and_take_over_claims_a_dead_one(jobs_catalog):  # noqa: F811
+    wid = register(jobs_catalog)
+    a, b, c = (running_job(jobs_catalog) for _ in range(3))
+    with jobs_catalog.session() as s:
+        assert claim_gpu(s, wid, a, index=1) == 1
+    with jobs_catalog.session() as s:
+        finish_job(s, a, f"{NAME}:4242", "failed", error="x")
+    with jobs_catalog.session() as s:
+        assert claim_gpu(s, wid, b, index=1) == 1  # a is over: its GPU is free
+        assert claim_gpu(s, wid, c, index=1) is None
+        assert claim_gpu(s, wid, c, index=1, take_over=True) == 1
+    assert jobs_on_gpus(jobs_catalog) == [None, c]
+
+
+def test_heartbeat_frees_gpus_of_jobs_that_no_longer_run_here(jobs_catalog):  # noqa: F811
+    wid = register(jobs_catalog)
+    a = running_job(jobs_catalog)
+    elsewhere = running_job(jobs_catalog, worker_name="ft-2@host-b")  # now leased by another worker
+    with jobs_catalog.session() as s:
+        claim_gpu(s, wid, a, index=0)
+        claim_gpu(s, wid, elsewhere, index=1, take_over=True)
+        heartbeat(s, wid)
+    assert jobs_on_gpus(jobs_catalog) == [a, None]
+    with jobs_catalog.session() as s:
+        finish_job(s, a, f"{NAME}:4242", "succeeded")
+        heartbeat(s, wid)
+    assert jobs_on_gpus(jobs_catalog) == [None, None]
+
+
+def test_gone_and_stopped_workers_show_their_gpus_free(jobs_catalog):  # noqa: F811
+    old = register(jobs_catalog, name="ft-old@host-a")
+    stopped = register(jobs_catalog, name="ft-stop@host-a")
+    live = register(jobs_catalog, name="ft-live@host-a")
+    a, b = running_job(jobs_catalog, "ft-old@host-a"), running_job(jobs_catalog, "ft-stop@host-a")
+    long_ago = utcnow() - dt.timedelta(seconds=GONE_AFTER_SECONDS + 5)
+    with jobs_catalog.session() as s:
+        claim_gpu(s, old, a)
+        claim_gpu(s, stopped, b)
+        heartbeat(s, old, now=long_ago)
+        heartbeat(s, live)
+        mark_stopped(s, stopped)
+    views = pool(jobs_catalog)
+    assert [(v.name, v.state) for v in views] == [
+        ("ft-live@host-a", "alive"),
+        ("ft-old@host-a", "gone"),
+        ("ft-stop@host-a", "stopped"),
+    ]
+    assert all(g.job_id is None for v in views for g in v.gpus)
+    assert [v.name for v in pool(jobs_catalog, include_stopped=False)] == ["ft-live@host-a", "ft-old@host-a"]
+    assert [v.state for v in pool(jobs_catalog, gone_after=1e9)][:2] == ["alive", "alive"]
+    with jobs_catalog.session() as s, pytest.raises(NotFound, match="no worker with id 99"):
+        heartbeat(s, 99)
+
+
+def test_racing_claims_never_share_a_gpu(jobs_catalog):  # noqa: F811
+    gpus = [{**GPUS[0], "index": i} for i in range(4)]
+    wid = register(jobs_catalog, gpus=gpus)
+    job_ids = [running_job(jobs_catalog) for _ in range(6)]
+    got: dict[int, int | None] = {}
+    start = threading.Barrier(len(job_ids))
+
+    def go(job_id: int) -> None:
+        start.wait()
+        with jobs_catalog.session() as s:
+            got[job_id] = claim_gpu(s, wid, job_id)
+
+    threads = [threading.Thread(target=go, args=(j,)) for j in job_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    claimed = [g for g in got.values() if g is not None]
+    assert sorted(claimed) == [0, 1, 2, 3], got  # four claims succeed, on distinct GPUs; two find none
+    assert sorted(j for j in jobs_on_gpus(jobs_catalog)) == sorted(j for j, g in got.items() if g is not None)

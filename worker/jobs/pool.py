@@ -1,0 +1,172 @@
+"""A worker in the pool: it registers itself and its GPUs, heartbeats, and gives each job process a GPU.
+
+The parent (`ft worker`) runs `WorkerPresence` around the Celery worker: register in the catalog's
+`workers` table, a heartbeat thread every `HEARTBEAT_SECONDS`, marked stopped on exit. The worker's
+GPUs travel to the pool's processes on the Celery app (`app.conf.ft_pool`, a `PoolConfig`).
+
+Each pool process runs one job and exits (max_tasks_per_child=1), and its replacement takes the same
+pool slot (billiard gives a new process the lowest slot no live process holds). Slot i owns GPU
+`gpus[i % len(gpus)]`: `job_gpu` sets `CUDA_VISIBLE_DEVICES` to it before the job imports torch, so two
+job processes never share a GPU while the concurrency is at most the number of GPUs (more than that
+shares them, as asked), and records which job runs on it in the catalog. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+
+from catalog.db import Catalog
+from catalog.workers import HEARTBEAT_SECONDS, claim_gpu, free_gpu, heartbeat, mark_stopped, register_worker
+from worker.jobs.gpus import Gpu
+from worker.jobs.runner import run_job
+
+logger = logging.getLogger(__name__)
+
+VISIBLE = "CUDA_VISIBLE_DEVICES"
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """What a job process needs to know of its worker: its row and its GPUs (CUDA indices)."""
+
+    worker_id: int | None
+    gpus: tuple[int, ...] = ()
+    hide_gpus: bool = False
+    """`--gpus none`: job processes see no GPU (CUDA_VISIBLE_DEVICES empty)."""
+
+
+def default_concurrency(gpus: Sequence[Gpu]) -> int:
+    """One job process per GPU, or one on a machine without GPUs."""
+    return max(1, len(gpus))
+
+
+class WorkerPresence:
+    """Registers the worker on enter, heartbeats in a thread, marks it stopped on exit."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        name: str,
+        host: str,
+        queues: Sequence[str],
+        gpus: Sequence[Gpu],
+        *,
+        interval: float = HEARTBEAT_SECONDS,
+    ):
+        self.catalog, self.name, self.host, self.queues, self.gpus = catalog, name, host, queues, gpus
+        self.interval = interval
+        self.worker_id: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-worker-{name}", daemon=True)
+
+    def __enter__(self) -> WorkerPresence:
+        with self.catalog.session() as s:
+            self.worker_id = register_worker(
+                s, self.name, self.host, os.getpid(), self.queues, [g.to_dict() for g in self.gpus]
+            ).id
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.worker_id is None:
+            return
+        try:
+            with self.catalog.session() as s:
+                mark_stopped(s, self.worker_id)
+        except Exception as error:  # the row then goes stale and is shown as gone
+            logger.warning("could not mark worker %s stopped: %s", self.name, error)
+
+    def config(self, hide_gpus: bool = False) -> PoolConfig:
+        return PoolConfig(self.worker_id, tuple(g.index for g in self.gpus), hide_gpus)
+
+    def _run(self) -> None:
+        assert self.worker_id is not None
+        while not self._stop.wait(self.interval):
+            try:
+                with self.catalog.session() as s:
+                    heartbeat(s, self.worker_id)
+            except Exception as error:  # the catalog may come back; until then the worker looks gone
+                logger.warning("worker heartbeat failed, will retry: %s", error)
+
+
+def pool_slot() -> int | None:
+    """This pool process's slot (billiard's process index), or None outside a Celery pool."""
+    from billiard.process import current_process
+
+    return getattr(current_process(), "index", None)
+
+
+def slot_gpu(config: PoolConfig | None, slot: int | None) -> int | None:
+    """The GPU (CUDA index) that pool slot `slot` owns, or None where the worker has no GPUs."""
+    if config is None or not config.gpus:
+        return None
+    return config.gpus[(slot or 0) % len(config.gpus)]
+
+
+@contextmanager
+def job_gpu(config: PoolConfig | None, slot: int | None = None) -> Iterator[int | None]:
+    """Set CUDA_VISIBLE_DEVICES for this job process to its slot's GPU (empty with `--gpus none`,
+    untouched on a worker without GPUs); yields the GPU index or None."""
+    gpu = slot_gpu(config, slot)
+    if gpu is not None:
+        os.environ[VISIBLE] = str(gpu)
+    elif config is not None and config.hide_gpus:
+        os.environ[VISIBLE] = ""
+    yield gpu
+
+
+class GpuRecord:
+    """Records, in the worker's row, that a job runs on this process's GPU, and frees it afterwards.
+
+    `start(job_id)` is called once the job's lease is claimed (a job dropped as not claimable never
+    shows on a GPU); `stop()` when the job ends. Catalog errors are logged, never raised: the GPU is
+    this process's whatever the row says, and the worker's heartbeat repairs the row."""
+
+    def __init__(self, catalog: Catalog, config: PoolConfig | None, gpu: int | None):
+        self.catalog, self.config, self.gpu = catalog, config, gpu
+        self.job_id: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.gpu is not None and self.config is not None and self.config.worker_id is not None
+
+    def start(self, job_id: int) -> None:
+        if not self.active:
+            return
+        assert self.config is not None and self.config.worker_id is not None
+        try:
+            with self.catalog.session() as s:
+                claim_gpu(s, self.config.worker_id, job_id, self.gpu, take_over=True)
+            self.job_id = job_id
+        except Exception as error:
+            logger.warning("job %d: could not record it on GPU %s: %s", job_id, self.gpu, error)
+
+    def stop(self) -> None:
+        if self.job_id is None or self.config is None or self.config.worker_id is None:
+            return
+        try:
+            with self.catalog.session() as s:
+                free_gpu(s, self.config.worker_id, self.job_id)
+        except Exception as error:
+            logger.warning("job %d: could not free GPU %s: %s", self.job_id, self.gpu, error)
+        self.job_id = None
+
+
+def run_pool_job(catalog: Catalog, config: PoolConfig | None, job_id: int, owner: str) -> str:
+    """`run_job` in this pool process, on its slot's GPU, recorded in the worker's row while it runs."""
+    with job_gpu(config, pool_slot()) as gpu:
+        record = GpuRecord(catalog, config, gpu)
+        try:
+            return run_job(catalog, job_id, owner, on_claimed=record.start)
+        finally:
+            record.stop()
