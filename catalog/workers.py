@@ -196,6 +196,11 @@ def list_workers(
     return views
 
 
+def listening(session: Session, queue: str) -> bool:
+    """Whether a live worker takes `queue` now (else a job sent there waits)."""
+    return any(w.alive and queue in w.queues for w in list_workers(session, include_stopped=False))
+
+
 def get_worker(session: Session, worker_id: int) -> Worker:
     worker = session.get(Worker, worker_id)
     if worker is None:

@@ -45,8 +45,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-class _Stopped(Exception):
-    """The quickstart got SIGTERM or SIGHUP (a timeout, a closed terminal)."""
+class _Stopped(BaseException):
+    """The quickstart got SIGTERM or SIGHUP (a timeout, a closed terminal). A BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` on the way (a broker call's) turns it into
+    another error."""
 
 
 @contextmanager

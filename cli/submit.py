@@ -97,9 +97,25 @@ def enqueue(
     )  # fmt: skip
     if created:
         send_or_fail(make_celery(settings), app.catalog, job)
+        if warning := nobody_listens(app, queue):
+            click.echo(warning, err=True)
     else:
         click.echo(already(job, idempotency_key), err=True)
     return job
+
+
+def nobody_listens(app: AppContext, queue: str) -> str | None:
+    """A warning when no live worker takes `queue` (the job then waits), naming the command to run."""
+    from catalog.workers import listening
+
+    with app.catalog.session() as s:
+        if listening(s, queue):
+            return None
+    cpu_only = " (on a machine without a GPU: `ft worker --queues cpu,gpu`)" if queue == "gpu" else ""
+    return (
+        f"warning: no running worker takes queue {queue!r} (`ft workers list`): the job waits until one "
+        f"starts, e.g. `ft worker --queues {queue}`{cpu_only}"
+    )
 
 
 def already(job: Job, key: str | None) -> str:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from catalog.workers import listening
 from tests.worker.jobs.test_queue_integration import SUBMIT, home, load  # noqa: F401  # fixture
 from tests.worker.procs import Workers, run_ft, subprocess_env
 
@@ -28,6 +29,7 @@ def test_each_job_gets_its_own_gpu_and_the_pool_shows_the_worker(home, workers: 
     for max_len in (256, 320):  # queued before the worker starts: it takes both at once
         submitted = run_ft(env, *SUBMIT, "--max-len", str(max_len))
         assert submitted.returncode == 0, submitted.stderr
+        assert "warning: no running worker takes queue 'cpu'" in submitted.stderr  # it would wait
         job_ids.append(int(submitted.stdout))
 
     worker = workers.start(env, "--queues", "cpu", "--gpus", "all")  # concurrency: one per GPU
@@ -36,6 +38,8 @@ def test_each_job_gets_its_own_gpu_and_the_pool_shows_the_worker(home, workers: 
     (view,) = pool(env)
     assert view["state"] == "alive" and view["alive"] and view["queues"] == ["cpu"]
     assert str(worker.pid) in view["name"] and view["pid"] == worker.pid
+    with home.session() as s:
+        assert listening(s, "cpu") and not listening(s, "gpu")  # what `ft submit` warns from
     assert [(g["index"], g["class"], g["memory_bytes"]) for g in view["gpus"]] == [
         (0, "h100-24gb", 24 << 30),
         (1, "h100-24gb", 24 << 30),
