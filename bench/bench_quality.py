@@ -287,8 +287,8 @@ class Bench:
                 "total_params": adapter.get("total_params"),
                 **{ev["split"]: ev["metrics"] for ev in evals if ev["dataset"].startswith(self.args.task)},
             }
+        wanted = self.args.variants or list(self.recipes["variants"])
         for name, entry in self.previous.items():
-            wanted = self.args.variants or list(self.recipes["variants"])
             kind = self.recipes["candidates"].get(entry["variant"], {}).get("against", entry["variant"])
             if name not in scores and kind in wanted:
                 scores[name] = entry
