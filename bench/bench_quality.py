@@ -163,11 +163,11 @@ class Bench:
     # ------------------------------------------------------------ the runs
 
     def planned(self) -> list[dict[str, Any]]:
-        """Every adapter of this run, seed by seed: all defaults and the candidates at the first seed,
-        then the defaults at each further seed (a run cut short still has whole seeds)."""
+        """Every adapter of this run: all defaults and the candidates at the first seed, the defaults at
+        each further seed; the slowest first across seeds (recipes.yaml `minutes`), so the longest jobs
+        never start last and a GPU session cut short loses the least (`--previous` continues it)."""
         seeds = self.seeds
         wanted = self.args.variants or list(self.recipes["variants"])
-        wanted = sorted(wanted, key=lambda v: -self.recipes["variants"][v].get("minutes", 0))  # slowest first
         plan = []
         for i, seed in enumerate(seeds):
             for variant in wanted:
@@ -179,6 +179,7 @@ class Bench:
                         plan.append({"variant": variant, "default": False, "seed": seed, **spec})
         for entry in plan:
             entry["name"] = f"{self.args.task}-{entry['variant']}-s{entry['seed']}"
+        plan.sort(key=lambda e: -e.get("minutes", 0))  # stable: seed order among equally slow jobs
         return [e for e in plan if e["name"] not in self.previous]
 
     def load_previous(self) -> None:
