@@ -10,12 +10,12 @@ import re
 
 from catalog.errors import InvalidInput
 
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}")  # whole string: fullmatch, not `$`
 
 
 def check_name(name: str, what: str = "name") -> str:
     """Return `name` if it is a safe single component, else raise InvalidInput naming `what`."""
-    if not isinstance(name, str) or not _NAME.match(name) or name in (".", "..") or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", "..") or ".." in name:
         raise InvalidInput(
             f"invalid {what} {name!r}: use 1-128 letters, digits, '.', '_', '+' or '-' "
             "(no '/', '..', spaces or leading '.'/'-')"

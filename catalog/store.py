@@ -134,7 +134,9 @@ class ArtifactStore:
         problems = []
         for entry in manifest["files"]:
             file = root / entry["path"]
-            if not file.is_file():
+            if root.resolve() not in file.resolve().parents:  # a tampered manifest: hash nothing outside
+                problems.append(f"{entry['path']}: outside the artifact")
+            elif not file.is_file():
                 problems.append(f"{entry['path']}: missing")
             elif sha256_file(file) != entry["sha256"]:
                 problems.append(f"{entry['path']}: sha256 mismatch")

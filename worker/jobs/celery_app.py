@@ -72,6 +72,10 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
             "sep": SEP,
             "queue_order_strategy": "priority",
             "visibility_timeout": settings.broker_visibility_timeout,
+            # kombu looks for overdue messages only every interval x throttle seconds (100 s by
+            # default): a short visibility timeout would otherwise act only that much later.
+            "unacked_restore_interval": max(1, min(10, settings.broker_visibility_timeout // 4)),
+            "unacked_restore_throttle": 1,
         }
     if is_sql(broker_url) and "+sqlite" in broker_url:
         # The CLI and every worker write to the one file: wait for its lock instead of failing.

@@ -101,6 +101,27 @@ def send_or_fail(app: Celery, catalog: Catalog, job: Job) -> None:
         raise
 
 
+def purge_consumed(broker_url: str) -> int:
+    """Delete the messages an SQL broker has handed out; returns how many. kombu's SQL transport only
+    marks a delivered message invisible and never deletes it, so `kombu_message` would grow by one row
+    per job forever. An invisible row is never delivered again (a message whose job died unacked is
+    re-sent by the reconciler, not restored from its row), so removing it loses nothing. Redis deletes
+    its own: nothing to do there."""
+    if not is_sql(broker_url):
+        return 0
+    from sqlalchemy import create_engine, inspect, text
+
+    url = broker_url.partition("+")[2]
+    engine = create_engine(url, connect_args={"timeout": 30} if "sqlite" in url else {})
+    try:
+        if "kombu_message" not in inspect(engine).get_table_names():
+            return 0
+        with engine.begin() as conn:
+            return conn.execute(text("DELETE FROM kombu_message WHERE NOT visible")).rowcount
+    finally:
+        engine.dispose()
+
+
 def _fail_unsent(catalog: Catalog, job_id: int, error: str) -> None:
     owner = "ft-submit"  # claims the queued job only to finish it through the state machine
     if claim_job(catalog, job_id, owner, lease_seconds=60) is not None:

@@ -8,7 +8,8 @@ taking the message and claiming the job): one queued longer than `FT_RESEND_GRAC
 is in no message of the broker (`worker.jobs.inflight`) is sent again. It runs in every worker's
 main process at start-up and then once per lease period (a worker bootstep), so it works the same on
 every broker. A re-sent job that meanwhile runs elsewhere, or a second copy, is dropped by the claim:
-re-sending never runs a job twice.
+re-sending never runs a job twice. On an SQL broker each pass also deletes the messages already
+handed out (`worker.jobs.messages.purge_consumed`), which kombu would otherwise keep forever.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from catalog.errors import ServiceUnavailable
 from catalog.jobs import mark_resent, queued_since, requeue_expired
 from catalog.settings import Settings
 from worker.jobs.inflight import jobs_in_flight
-from worker.jobs.messages import send_job
+from worker.jobs.messages import purge_consumed, send_job
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,15 @@ class Reconciler:
                 sent.append(job_id)
         finally:
             catalog.dispose()
+        self._purge()
         return sent
+
+    def _purge(self) -> None:
+        try:
+            if purged := purge_consumed(self.settings.broker_url):
+                logger.info("deleted %d consumed messages from the broker", purged)
+        except Exception as exc:  # busy or down: the next pass deletes them
+            logger.warning("could not delete consumed messages: %s", (str(exc).splitlines() or [""])[0])
 
     def start(self) -> None:
         self._thread.start()

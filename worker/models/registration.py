@@ -1,6 +1,7 @@
 """Registering base models: a transformers directory where it lies (checked: config, tokenizer,
-weights, a causal-LM class for the config) or a hub id (recorded; a worker resolves it from its
-cache). Importing a GGUF file is worker.models.gguf; the rows are catalog.base_models'.
+weights, a causal-LM class for the config, each weight's shape against the config) or a hub id
+(recorded; a worker resolves it from its cache). Importing a GGUF file is worker.models.gguf; the
+rows are catalog.base_models'.
 
     register_path(session, "tiny", "/models/tiny", user)
     register_hub(session, "qwen", "Qwen/Qwen2.5-0.5B-Instruct", user, revision="7ae557604adf")
@@ -128,23 +129,95 @@ def inspect_model_dir(root: Path, *, trust_remote_code: bool = False) -> dict[st
 
 
 def _count_or_refuse(root: Path, config: Any, trust_remote_code: bool) -> int:
+    """The parameter count of the model `config` describes, after checking that the weights in `root`
+    have the shapes it asks for (both read without loading a weight: `meta` device, file headers)."""
     try:
-        return parameters_of_config(config, trust_remote_code=trust_remote_code)
+        model = meta_model(config, trust_remote_code=trust_remote_code)
     except ValueError as exc:  # e.g. an encoder-only config: no causal-LM class for it
         raise InvalidInput(
             f"{root} is not a causal language model that transformers can build "
             f"(model_type {getattr(config, 'model_type', None)!r}): {first_line(exc)}"
         ) from exc
+    if getattr(config, "quantization_config", None) is None:  # packed weights have other shapes
+        check_weight_shapes(root, model)
+    return sum(p.numel() for p in model.parameters())
 
 
-def parameters_of_config(config: Any, *, trust_remote_code: bool = False) -> int:
-    """Parameters of the model `config` describes, counted on the `meta` device (no memory used)."""
+def meta_model(config: Any, *, trust_remote_code: bool = False) -> Any:
+    """The causal LM `config` describes, built on the `meta` device (no memory used)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    return sum(p.numel() for p in model.parameters())
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def parameters_of_config(config: Any, *, trust_remote_code: bool = False) -> int:
+    """Parameters of the model `config` describes, counted on the `meta` device (no memory used)."""
+    return sum(p.numel() for p in meta_model(config, trust_remote_code=trust_remote_code).parameters())
+
+
+def check_weight_shapes(root: Path, model: Any) -> None:
+    """Refuse (one line naming the tensor, its file and both shapes) a weight whose shape
+    differs from the one `model` (built from config.json on `meta`) has under that name. Tensors the
+    model does not name (renamed or fused on load by transformers) are left to the loader."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    shards = sorted(root.glob("*.safetensors")) or sorted(root.glob("pytorch_model*.bin"))
+    for shard in shards:
+        shapes = safetensors_shapes(shard) if shard.suffix == ".safetensors" else _bin_shapes(shard)
+        for name, shape in shapes.items():
+            key = _model_key(name, expected, prefix)
+            if key is not None and expected[key] != shape:
+                raise InvalidInput(
+                    f"{root}: tensor {name} in {shard.name} has shape {list(shape)} but config.json "
+                    f"makes it {list(expected[key])}; the config does not match the weights"
+                )
+
+
+def _model_key(name: str, expected: dict[str, tuple[int, ...]], prefix: str) -> str | None:
+    """`name` as the model calls it: as is, or with / without the base model's prefix (`model.`)."""
+    candidates = [name]
+    if prefix:
+        candidates += [f"{prefix}.{name}", name.removeprefix(f"{prefix}.")]
+    return next((c for c in candidates if c in expected), None)
+
+
+_MAX_HEADER = 100 << 20
+
+
+def _bin_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes in a `pytorch_model.bin`, loaded onto `meta` (no data read) with weights_only."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise InvalidInput(f"{path}: cannot read its tensors safely: {first_line(exc)}") from exc
+    return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from a safetensors file's header (the weights are not read)."""
+    header = _safetensors_header(path)
+    try:
+        return {k: tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (TypeError, KeyError, ValueError) as exc:
+        raise InvalidInput(f"{path}: not a safetensors file (its header lists no shapes)") from exc
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 0 < size <= _MAX_HEADER:
+            raise InvalidInput(f"{path}: not a safetensors file (header size {size})")
+        try:
+            header = json.loads(f.read(size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInput(f"{path}: not a safetensors file (its header is not JSON)") from exc
+    if not isinstance(header, dict):
+        raise InvalidInput(f"{path}: not a safetensors file (its header is not a JSON object)")
+    return header
 
 
 def tokenizer_files(root: Path) -> list[Path]:
@@ -174,8 +247,7 @@ def _dtype_name(config: Any, root: Path) -> str | None:
     if dtype is not None:
         return str(dtype).removeprefix("torch.")
     for shard in sorted(root.glob("*.safetensors")):
-        with open(shard, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        header = _safetensors_header(shard)
         for key, entry in header.items():
             if key != "__metadata__":
                 return _SAFETENSORS_DTYPES.get(entry["dtype"], entry["dtype"].lower())
