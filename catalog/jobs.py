@@ -148,8 +148,13 @@ def list_jobs(
     status: str | None = None,
     kind: str | None = None,
     limit: int = 50,
+    before: int | None = None,
 ) -> Sequence[Job]:
+    """The newest `limit` jobs matching the filters; with `before`, only jobs older than that id (the
+    next page, by keyset: as fast on page 200 as on page 1)."""
     stmt = select(Job).order_by(Job.id.desc()).limit(limit)
+    if before is not None:
+        stmt = stmt.where(Job.id < before)
     if user:
         stmt = stmt.where(Job.submitted_by == user)
     if status:

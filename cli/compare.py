@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -97,10 +98,13 @@ def render_text(data: dict[str, Any]) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the data as JSON.")
 @click.option("--markdown", is_flag=True, help="Print a Markdown table (for a README).")
+@click.option("--plot", is_flag=True, help="Also draw the metrics side by side as a PNG and print its path.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where --plot writes the PNG  [default: compare-....png in FT_HOME's logs]")  # fmt: skip
 @pass_app
 def compare(
     app: AppContext, adapter_names: tuple[str, ...], dataset: str, metric: str | None, base: bool,
-    evaluate: bool, as_json: bool, markdown: bool,
+    evaluate: bool, as_json: bool, markdown: bool, plot: bool, out: Path | None,
 ) -> None:  # fmt: skip
     """Compare adapters on one dataset split: a table with one column per adapter.
 
@@ -108,27 +112,32 @@ def compare(
     training time, the metric (headline first), test (generation) time, tokens/s, samples. Each
     column uses the latest evaluation of that adapter on that dataset version, split and metric.
     Adapters without one are listed with the `ft submit eval` command that evaluates them;
-    --evaluate submits it and waits (a worker must be running).
+    --evaluate submits it and waits (a worker must be running). --plot also draws the metrics as
+    a PNG, one panel per metric and one bar per column, and prints its path (in --json: "plot").
 
     \b
     Example:
         ft adapters compare faults-lora faults-freeze faults-full --dataset faults --base
         ft adapters compare faults-lora faults-qlora -d faults:test --markdown >> README.md
         ft adapters compare faults-lora -d faults --metric triple-f1 --evaluate --json
+        ft adapters compare faults-lora faults-freeze -d faults --base --plot -o compare.png
     """
     from catalog.errors import InvalidInput
     from worker.evaluation.compare import comparison
 
     if as_json and markdown:
         raise InvalidInput("--json and --markdown exclude each other: choose one")
+    if out is not None and not plot:
+        raise InvalidInput("--out is where --plot writes its PNG: add --plot")
     with app.catalog.session() as s:
         data = comparison(s, app.store, adapter_names, dataset=dataset, metric=metric, base=base)
     if evaluate and data["missing"]:
         _evaluate_missing(app, data)
         with app.catalog.session() as s:
             data = comparison(s, app.store, adapter_names, dataset=dataset, metric=data["metric"], base=base)
+    drawn = _plot(app, data, out) if plot else None
     if as_json:
-        print_json(data)
+        print_json({**data, "plot": str(drawn)} if drawn else data)
         return
     if markdown:
         click.echo(render_markdown(data))
@@ -142,6 +151,19 @@ def compare(
             "(or add --evaluate to run it now and wait)",
             err=True,
         )
+    if drawn is not None and not markdown:
+        click.echo(f"plot: {drawn}")
+    elif drawn is not None:
+        click.echo(f"plot: {drawn}", err=True)  # stdout stays a Markdown table
+
+
+def _plot(app: AppContext, data: dict[str, Any], out: Path | None) -> Path:
+    from worker.evaluation.compare import plot_comparison
+
+    if out is None:
+        stem = "-".join(part.replace(":", "_") for part in (data["dataset"], data["split"], data["metric"]))
+        out = app.settings.logs / f"compare-{stem}.png"
+    return plot_comparison(data, out)
 
 
 def _evaluate_missing(app: AppContext, data: dict[str, Any]) -> None:

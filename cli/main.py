@@ -80,8 +80,11 @@ def _register_subcommands() -> None:
         ("cli.workers", "pool"),  # `ft pool`: the same as `ft workers list`
         ("cli.adapters", "adapters"),
         ("cli.compare", None),  # adds `ft adapters compare` and `ft adapters evals`
+        ("cli.generate", "generate"),
+        ("cli.generate", "chat"),
         ("cli.quickstart", "quickstart"),
         ("cli.doctor", "doctor"),
+        ("cli.dashboard", "dashboard"),
     ):
         mod = importlib.import_module(module)
         if name is not None:

@@ -11,7 +11,8 @@ latest version of the name (same sha256) is recognised: no new version.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from array import array
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +25,17 @@ from catalog.store import ArtifactStore
 from datasets_prep.canonical import META, split_file
 from datasets_prep.formats import AUTO
 from datasets_prep.formats.base import Format
-from datasets_prep.reader import RawReader
+from datasets_prep.reader import RawReader, Record
 from datasets_prep.split import TEST, SplitValue, check_splits, split_counts, write_splits
-from datasets_prep.validate import FileResult, Leakage, Report, pick_format, refuse_if_invalid, valid_lines
+from datasets_prep.validate import (
+    FileResult,
+    Leakage,
+    Problem,
+    Report,
+    pick_format,
+    refuse_if_invalid,
+    valid_lines,
+)
 
 ARTIFACT_KIND = "datasets"
 _ROWS_TMP = "rows.tmp"  # every valid row of the main file, before the split; never committed
@@ -80,14 +89,17 @@ def add_dataset(
     report = Report()
     train = Leakage(str(path)) if test is not None else None
     with store.staging() as stage:
-        files = [_convert(str(path), form, stage / _ROWS_TMP, set(), report, collect=train)]
+        lines = array("L") if wanted else None  # the raw line of each valid row, to report --split groups
+        files = [_convert(str(path), form, stage / _ROWS_TMP, set(), report, collect=train, lines=lines)]
         if test is not None:
             files.append(
                 _convert(str(test_path), form, split_file(stage, TEST), set(), report, against=train)
             )
         refuse_if_invalid(report, files, form, skip_invalid, note="picked by --format auto" if note else None)
         counts = split_counts(wanted, files[0].rows, files[0].display)
-        write_splits(stage / _ROWS_TMP, stage, counts, seed)
+        split = write_splits(stage / _ROWS_TMP, stage, counts, seed)
+        counts = split.counts
+        _report_kept_together(report, str(path), split.together, lines)
         if test is not None:
             counts[TEST] = files[1].rows
         meta = {"format": form.name, "counts": counts, "splits": wanted, "seed": seed if wanted else None}
@@ -133,10 +145,41 @@ def _convert(
     *,
     collect: Leakage | None = None,
     against: Leakage | None = None,
+    lines: array | None = None,
 ) -> FileResult:
-    reader = RawReader(display)
+    """Write the canonical lines of `display`'s valid rows to `dest`; `lines` gets each one's raw line."""
+    reader = _LineTracking(display)
     result = FileResult(display)
     with open(dest, "wb") as out:
         for line in valid_lines(reader, form, seen, report, result, collect=collect, against=against):
             out.write(line)
+            if lines is not None:
+                lines.append(reader.line)
     return result
+
+
+class _LineTracking(RawReader):
+    """A reader that remembers the line of the record it last gave out (valid_lines yields a row's
+    canonical line before it reads the next record)."""
+
+    line = 0
+
+    def records(self) -> Iterator[Record]:
+        for record in super().records():
+            self.line = record.line
+            yield record
+
+
+def _report_kept_together(
+    report: Report, display: str, together: list[tuple[list[int], str]], lines: array | None
+) -> None:
+    """One `split-kept-together` warning per group of rows that share a normalised prompt."""
+    for group, split in together:
+        at = [lines[i] if lines is not None else i + 1 for i in group]
+        shown = ", ".join(str(n) for n in at[:5]) + (", ..." if len(at) > 5 else "")
+        report.add(
+            Problem(
+                display, at[0], "split-kept-together",
+                f"{len(group)} rows share this prompt (lines {shown}): all in {split}, none in another split",
+            )
+        )  # fmt: skip

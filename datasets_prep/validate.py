@@ -35,8 +35,9 @@ CODES: dict[str, str] = {
     "bad-turns": "a conversation's roles are unknown or out of order (sharegpt)",
     "duplicate-row": "the same canonical row as an earlier one (a warning: the row is kept)",
     "test-in-train": "a --test row whose prompt is a training row's (a warning: leakage, the row is kept)",
+    "split-kept-together": "rows sharing a prompt, all put in one --split part (a warning: no leakage)",
 }
-WARNINGS = frozenset({"duplicate-row", "test-in-train"})
+WARNINGS = frozenset({"duplicate-row", "test-in-train", "split-kept-together"})
 EXAMPLES = 3
 """Example lines shown for each warning code."""
 MAX_SHOWN = 50

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Set up ft on a fresh Debian/Ubuntu machine: the servers the tests use (redis-server, PostgreSQL),
+# the headless browser of the dashboard's tests (chromium, chromium-driver),
 # a CPU build of torch unless one is installed, and ft itself (editable) with its test extras, at the
 # releases the suite last passed with (scripts/constraints.txt).
 #
@@ -16,13 +17,16 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+# The dashboard's browser tests drive a real headless Chromium through Selenium.
+{ command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null; then
     echo "setup: installing ${need_apt[*]} (apt)"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
   else
-    echo "setup: warning: no apt-get; install ${need_apt[*]} yourself for the server tests" >&2
+    echo "setup: warning: no apt-get; install ${need_apt[*]} yourself for the server and browser tests" >&2
   fi
 fi
 

@@ -55,7 +55,8 @@ def test_adgen_split_is_the_same_on_every_run(ftc):
     )
     first = json.loads(ftc(*args, "--json").output)
     assert first["created"] and first["splits"] == {"train": 100, "test": 20}
-    assert first["report"] == [f"{ADGEN_DEV}:120: duplicate-row: same row as an earlier one (kept)"]
+    assert first["report"][0] == f"{ADGEN_DEV}:120: duplicate-row: same row as an earlier one (kept)"
+    assert [line.split(": ")[1] for line in first["report"][1:]] == ["split-kept-together"] * 3
     again = ftc(*args)
     assert "adgen:1 already holds this content" in again.output and "no new version" in again.output
     assert [d["version"] for d in listing(ftc, "--all")] == [1]

@@ -73,7 +73,11 @@ def test_adgen_dev_split_20_for_test(catalog, store):
     ds = result.dataset
     assert ds.split_counts == {"train": 100, "test": 20}
     # the dev set holds one exact duplicate (lines 889 and 890): kept, and reported as a warning
-    assert result.report == [f"{ADGEN_DEV}:120: duplicate-row: same row as an earlier one (kept)"]
+    assert result.report[0] == f"{ADGEN_DEV}:120: duplicate-row: same row as an earlier one (kept)"
+    # ads written for the same keywords (lines 66-67, 77-79, 119-120) stay in one split: no leakage
+    assert [line.split(": ")[0:2] for line in result.report[1:]] == [
+        [f"{ADGEN_DEV}:{n}", "split-kept-together"] for n in (66, 77, 119)
+    ]
     assert ds.report == result.report and ds.invalid_count == 0
     test = list(load_split(store, ds, "test"))
     assert all(r.instruction == "" and r.input.startswith("类型#") for r in test)

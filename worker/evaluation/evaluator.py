@@ -24,6 +24,7 @@ import json
 import logging
 import resource
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,9 @@ class Evaluator:
         self.metric: Metric = get_metric(spec.metric)
         self._prompts: dict[int, tuple[list[str], list[bool]]] = {}
         self.done = 0
+        """Targets evaluated so far."""
+        self.rows_total = len(rows) * len(spec.targets)
+        """Rows the job generates, over every target: what its progress counts."""
 
     def prompts(self, template: PromptTemplate) -> tuple[list[str], list[bool]]:
         """The rows rendered with `template`, each cut to --max-source-len tokens (start kept)."""
@@ -122,20 +126,33 @@ class Evaluator:
         if len(targets) == 1:
             position = f"{self.done + 1}/{len(s.targets)}"
 
+        before, started = self.done * n, time.perf_counter()  # rows of the earlier passes
+        where = {"stage": "eval", "adapter": labels, "models": position, "rows_total": self.rows_total}
+
         def on_progress(p: dict[str, Any]) -> None:
-            self.report({
-                "stage": "eval", "adapter": labels, "models": position, "done": p["done"],
-                "total": p["total"], "rows_done": p["done"], "rows_total": p["total"],
-                "tokens_per_s": round(p["tokens_per_s"], 1),
-            })  # fmt: skip
+            """Rows done over the whole job (every model), tokens/s, and the ETA at this pass's pace; from
+            inside a batch (`batch_step`), the batch counts as decoded that far."""
+            done = p["done"] + p.get("batch_rows", 0) * min(p.get("batch_step", 0) / cfg.max_new_tokens, 1.0)
+            elapsed = time.perf_counter() - started
+            left = self.rows_total - before - done
+            progress = {**where, "rows_done": before + p["done"], "tokens_per_s": round(p["tokens_per_s"], 1),
+                        "elapsed_s": round(elapsed, 1)}  # fmt: skip
+            if done > 0:
+                progress["eta_s"] = round(left * elapsed / done, 1)
+            if "batch_step" in p:
+                progress["decoding"] = f"{p['batch_step']}/{p['max_new_tokens']} of {p['batch_rows']} rows"
+            self.report(progress)
 
         self.log.info("evaluating %s (%s) with template %s", labels, position, template.ref)
+        self.report({**where, "rows_done": before})
         names = [name for _, name in targets]
         mixed = None if names == [None] else [name for name in names for _ in range(n)]
         result = generate(
             model, self.tokenizer, prompts * len(targets), cfg, on_progress=on_progress,
             should_stop=self.should_stop, add_special_tokens=template.kind != "chat", adapter_names=mixed,
+            on_step=on_progress,
         )  # fmt: skip
+        self.report({**where, "stage": "score", "rows_done": before + n * len(targets)})
         gold = [r.gold for r in self.rows]  # every reference of a multi-reference row
         peak = result.peak_memory_bytes if result.peak_memory_bytes is not None else peak_rss_bytes()
         share = result.seconds / len(targets)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from peft import PeftType
 from transformers import GenerationConfig as HFGenerationConfig
-from transformers import StoppingCriteriaList
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from catalog.errors import InvalidInput
 from worker.evaluation.decoding import Decoding
@@ -40,6 +40,12 @@ from worker.models.loading import fallback_pad_token
 
 ProgressFn = Callable[[dict[str, Any]], None]
 StopFn = Callable[[], bool]
+
+STEP_PROGRESS_EVERY = 16
+"""`on_step` hears from a batch every this many decoding steps..."""
+STEP_PROGRESS_SECONDS = 1.0
+"""... or once this long has passed since it last did, whichever comes first (a big model on a CPU
+takes seconds a step)."""
 
 
 class GenerationCancelled(Exception):
@@ -90,6 +96,8 @@ def generate(
     should_stop: StopFn | None = None,
     add_special_tokens: bool = True,
     adapter_names: Sequence[str] | None = None,
+    streamer: Any = None,
+    on_step: ProgressFn | None = None,
 ) -> GenerationResult:
     """Complete every prompt, `cfg.batch_size` at a time; see the module docstring.
 
@@ -98,11 +106,18 @@ def generate(
     `cfg.batch_size` x K rows cost about one adapter's pass. Rows with the same prompt text share a batch
     (a prompt takes about as many tokens under each adapter, so no batch waits on stragglers).
 
-    `on_progress` gets {"done", "total", "tokens_per_s"} after each batch. `should_stop` is asked
+    `on_progress` gets {"done", "total", "tokens_per_s"} after each batch. `on_step` hears from inside
+    a batch, every STEP_PROGRESS_EVERY decoding steps or STEP_PROGRESS_SECONDS, whichever is first:
+    {"done" (rows of the batches before), "total", "batch_rows", "batch_step", "max_new_tokens",
+    "tokens_per_s" (the batch's tokens so far counted)}. `should_stop` is asked
     between batches and about once a second during one; when it returns True this raises
     GenerationCancelled. Pass `add_special_tokens=False` for prompts rendered by a chat template,
-    which already hold their special tokens (as training tokenises them).
+    which already hold their special tokens (as training tokenises them). `streamer` (a transformers
+    streamer: `put(token_ids)`, `end()`) is fed the tokens of a one-prompt call as they are produced
+    (`ft generate`, `ft chat`: worker/evaluation/interactive.py).
     """
+    if streamer is not None and len(prompts) != 1:
+        raise ValueError(f"a streamer follows one prompt, got {len(prompts)}")
     names = list(adapter_names) if adapter_names is not None else None
     rows = adapter_rows(model) if names is not None else None
     with _generation_session(model, tokenizer, cfg) as session:
@@ -112,7 +127,9 @@ def generate(
         for start in range(0, len(order), per_batch):
             batch = order[start : start + per_batch]
             with rows.select([names[i] for i in batch]) if rows is not None and names else nullcontext():
-                for i, text in zip(batch, session.run([ids[i] for i in batch], should_stop), strict=True):
+                hook = None if on_step is None else _StepReport(on_step, session, start, len(batch), len(ids))
+                done = session.run([ids[i] for i in batch], should_stop, streamer, on_step=hook)
+                for i, text in zip(batch, done, strict=True):
                     texts[i] = text
             if on_progress is not None:
                 on_progress({"done": start + len(batch), "total": len(ids), **session.rate()})
@@ -231,8 +248,16 @@ class _Session:
         self.seconds: float | None = None
         self.peak: int | None = None
 
-    def run(self, batch_ids: list[list[int]], should_stop: StopFn | None) -> list[str]:
-        """Generate for one batch of token-id lists; returns the cleaned texts in the batch's order."""
+    def run(
+        self,
+        batch_ids: list[list[int]],
+        should_stop: StopFn | None,
+        streamer: Any = None,
+        *,
+        on_step: _StepReport | None = None,
+    ) -> list[str]:
+        """Generate for one batch of token-id lists; returns the cleaned texts in the batch's order.
+        `on_step` hears how far the batch has decoded while it runs."""
         if should_stop is not None and should_stop():
             raise GenerationCancelled("generation was cancelled")
         enc = self.tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
@@ -244,8 +269,13 @@ class _Session:
         cancel = CancelCriteria(should_stop) if should_stop is not None else None
         if cancel is not None:
             criteria.append(cancel)
+        if on_step is not None:
+            criteria.append(on_step.watching(prompt_len, self.pad_id))
         try:
-            out = generate_fn(**inputs, generation_config=self.hf_config, stopping_criteria=criteria)
+            streaming = {"streamer": streamer} if streamer is not None else {}
+            out = generate_fn(
+                **inputs, generation_config=self.hf_config, stopping_criteria=criteria, **streaming
+            )
         except torch.cuda.OutOfMemoryError as exc:
             raise InvalidInput(
                 f"out of memory generating {len(batch_ids)} rows of up to {input_ids.shape[1]} tokens "
@@ -334,6 +364,34 @@ class _Session:
             tokens_per_s=self.new_tokens / max(seconds, 1e-9),
             peak_memory_bytes=self.peak,
         )
+
+
+class _StepReport(StoppingCriteria):
+    """Never stops a row: tells `report` how far the batch has decoded, every STEP_PROGRESS_EVERY steps
+    or STEP_PROGRESS_SECONDS. The batch's tokens so far are its generated columns that are not padding
+    (transformers pads a finished row), counted only when reporting."""
+
+    def __init__(self, report: ProgressFn, session: _Session, done: int, rows: int, total: int) -> None:
+        super().__init__()
+        self.report, self.session = report, session
+        self.fixed = {"done": done, "total": total, "batch_rows": rows}
+        self.prompt_len, self.pad_id, self.step = 0, 0, 0
+        self._last = time.monotonic()
+
+    def watching(self, prompt_len: int, pad_id: int) -> _StepReport:
+        self.prompt_len, self.pad_id = prompt_len, pad_id
+        return self
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
+        self.step += 1
+        now = time.monotonic()
+        if self.step % STEP_PROGRESS_EVERY == 0 or now - self._last >= STEP_PROGRESS_SECONDS:
+            self._last = now
+            tokens = int((input_ids[:, self.prompt_len :] != self.pad_id).sum())
+            rate = (self.session.new_tokens + tokens) / max(self.session.elapsed(), 1e-9)
+            most = self.session.cfg.max_new_tokens
+            self.report({**self.fixed, "batch_step": self.step, "max_new_tokens": most, "tokens_per_s": rate})
+        return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
 
 
 PROMPT_LEARNING = (PeftType.P_TUNING, PeftType.PROMPT_TUNING, PeftType.PREFIX_TUNING)

@@ -38,6 +38,10 @@ def run_eval(ctx: JobContext) -> Finish:
         spec, tokenizer_of(ctx.store, base), rows, templates, ctx.store, ctx.log, ctx.report, ctx.cancelled
     )
     artifacts = {i: ctx.store.path(t.artifact_uri) for i, t in enumerate(spec.targets) if t.artifact_uri}
+    # Loading a big base takes minutes: say so at once, with the job's size (then per batch, and within).
+    ctx.report(
+        {"stage": "load", "model": spec.model_name, "rows_done": 0, "rows_total": evaluator.rows_total}
+    )
     try:
         outcomes, loads = evaluate_all(
             spec, evaluator, model_dir(ctx.store, base), artifacts, trust_remote_code=base.trust_remote_code
