@@ -307,10 +307,12 @@ class Bench:
                 (e for e in scores.values() if e["variant"] == variant),
                 key=lambda e: self.seeds.index(e["seed"]) if e["seed"] in self.seeds else len(self.seeds),
             )
+            scored = "test" if members[0]["default"] else "validation"
             row = {"variant": variant, "method": members[0]["method"], "flags": members[0].get("flags", []),
-                   "default": members[0]["default"], "seeds": [m["seed"] for m in members]}  # fmt: skip
-            for split in ("validation", "test"):
-                values = [m[split][headline] for m in members if split in m]
+                   "default": members[0]["default"], "trained_seeds": [m["seed"] for m in members],
+                   "seeds": [m["seed"] for m in members if headline in m.get(scored, {})]}  # fmt: skip
+            for split in ("validation", "test"):  # an adapter trained but not yet evaluated counts nowhere
+                values = [m[split][headline] for m in members if headline in m.get(split, {})]
                 if values:
                     row[split] = {"mean": statistics.fmean(values), "values": values,
                                   "std": statistics.stdev(values) if len(values) > 1 else 0.0}  # fmt: skip

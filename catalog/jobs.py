@@ -368,6 +368,41 @@ def requeue_killed(catalog: Catalog, job_id: int, owner: str, how: str) -> Job |
         return job
 
 
+def requeue_attempt(catalog: Catalog, job_id: int, owner: str, reason: str) -> Job | None:
+    """The attempt run by `owner` failed in a way another attempt may not (`reason`, e.g. a rank of a
+    multi-GPU job was killed): put the job back to `queued`, the attempt counted, to resume from its last
+    checkpoint; or fail it with `reason` when no attempts are left. None if `owner` does not hold it."""
+    now = utcnow()
+    with catalog.session() as s:
+        job = s.scalars(
+            select(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+        ).first()
+        if job is None:
+            return None
+        if job.cancel_requested:
+            job.status, job.finished_at, job.error = "cancelled", now, "cancelled on request"
+        elif job.attempts >= job.max_attempts:
+            job.status, job.finished_at = "failed", now
+            job.error = f"{reason}; gave up after {job.attempts} attempts"
+        else:
+            job.status, job.error = "queued", f"{reason}; re-queued"
+        job.lease_owner, job.lease_expires_at, job.updated_at = None, None, now
+        return job
+
+
+def note_waiting(catalog: Catalog, job_id: int, why: str) -> None:
+    """Say why a queued job does not start yet (`ft jobs list` shows it as the job's progress). Its
+    message is alive (it comes back after a pause), so the job counts as queued from now: the
+    reconciler re-sends only a job whose waiting stopped being noted."""
+    with catalog.session() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(progress={"stage": "waiting", "why": why}, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+
+
 def queued_since(catalog: Catalog, seconds: float) -> list[Job]:
     """Jobs `queued` (not cancelled) for at least `seconds`: their message may have been lost."""
     cutoff = utcnow() - dt.timedelta(seconds=seconds)

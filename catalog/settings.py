@@ -60,6 +60,19 @@ class Settings:
             resend_grace_seconds=int(env.get("FT_RESEND_GRACE_SECONDS") or 60),
         )
 
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `from_env` rebuild these settings (for a job's child processes)."""
+        return {
+            "FT_HOME": str(self.home),
+            "FT_DATABASE_URL": self.database_url,
+            "FT_BROKER_URL": self.broker_url,
+            "FT_ARTIFACTS": str(self.artifacts),
+            "FT_USER": self.user,
+            "FT_LEASE_SECONDS": str(self.lease_seconds),
+            "FT_BROKER_VISIBILITY_TIMEOUT": str(self.broker_visibility_timeout),
+            "FT_RESEND_GRACE_SECONDS": str(self.resend_grace_seconds),
+        }
+
     def ensure_dirs(self) -> None:
         for path in (self.home, self.artifacts, self.logs, self.cache):
             path.mkdir(parents=True, exist_ok=True)

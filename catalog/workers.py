@@ -4,8 +4,9 @@ A worker (`ft worker`) registers itself with its queues and GPUs, heartbeats eve
 `HEARTBEAT_SECONDS`, and is marked stopped on a clean exit. A worker not heard from for
 `GONE_AFTER_SECONDS` is shown as gone and its GPUs as free (it may have been killed, or its host lost).
 
-Each GPU entry in `workers.gpus` is {"index", "model", "class", "memory_bytes", "job_id"}. A job process
-claims a GPU when it starts a job and frees it at the end; the heartbeat frees GPUs whose job is no
+Each GPU entry in `workers.gpus` is {"index", "model", "class", "memory_bytes", "job_id"} (and
+"claimed_at" once claimed). A job process claims its GPUs (one, or a `--gpus N` job's N together,
+`claim_gpus`) when it starts a job and frees them at the end; the heartbeat frees GPUs whose job is no
 longer running on this worker (a job process killed before it could free its GPU). Every change to
 `gpus` first takes the row's write lock (a no-op UPDATE), so that two job processes claiming at once
 on SQLite or PostgreSQL never overwrite each other's claim.
@@ -101,7 +102,8 @@ def register_worker(
 def heartbeat(session: Session, worker_id: int, *, now: dt.datetime | None = None) -> None:
     """The worker is alive now; GPUs whose job no longer runs on this worker are freed."""
     worker = _locked(session, worker_id)
-    worker.last_seen = now or utcnow()
+    now = now or utcnow()
+    worker.last_seen = now
     held = {g["job_id"] for g in worker.gpus if g["job_id"] is not None}
     if not held:
         return
@@ -113,8 +115,12 @@ def heartbeat(session: Session, worker_id: int, *, now: dt.datetime | None = Non
         )
         if owner is not None and owner.startswith(prefix)
     }
-    if held - running:
-        worker.gpus = [g if g["job_id"] in running else {**g, "job_id": None} for g in worker.gpus]
+    grace = dt.timedelta(seconds=CLAIM_GRACE_SECONDS)
+    keep = running | {g["job_id"] for g in worker.gpus if _claimed_since(g, now) < grace}  # about to run
+    if held - keep:
+        worker.gpus = [
+            g if g["job_id"] in keep else {**g, "job_id": None, "claimed_at": None} for g in worker.gpus
+        ]
 
 
 def mark_stopped(session: Session, worker_id: int) -> None:
@@ -142,16 +148,98 @@ def claim_gpu(
     for gpu in candidates:
         if take_over or gpu["job_id"] is None or gpu["job_id"] not in running or gpu["job_id"] == job_id:
             chosen = gpu["index"]
-            worker.gpus = [{**g, "job_id": job_id} if g["index"] == chosen else g for g in gpus]
+            claimed = {"job_id": job_id, "claimed_at": None}  # claimed once running: no grace needed
+            worker.gpus = [{**g, **claimed} if g["index"] == chosen else g for g in gpus]
             return chosen
     return None
+
+
+CLAIM_GRACE_SECONDS = 60.0
+"""A GPU claimed for a job that is not running yet (its process is between the GPU claim and the
+lease claim) stays held this long; after that the claim is stale and the GPU free."""
+
+
+def claim_gpus(
+    session: Session,
+    worker_id: int,
+    job_id: int,
+    count: int,
+    *,
+    prefer: int | None = None,
+    now: dt.datetime | None = None,
+) -> list[int] | None:
+    """Claim `count` free GPUs of the worker for job `job_id`, all together or none (a gang: a job that
+    waits for GPUs never holds some of them meanwhile). `prefer` (the claiming process's own GPU) comes
+    first when free. Returns the GPU indexes (ascending), or None when fewer than `count` are free. A GPU
+    is free when it holds no job, or its job is neither running nor claimed in the last
+    CLAIM_GRACE_SECONDS."""
+    now = now or utcnow()
+    worker = _locked(session, worker_id)
+    gpus = worker.gpus
+    busy = _busy_gpus(session, gpus, job_id, now)
+    free = [g["index"] for g in gpus if g["index"] not in busy]
+    if len(free) < count:
+        return None
+    if prefer in free:
+        free.remove(prefer)
+        free.insert(0, prefer)
+    chosen = set(free[:count])
+    stamp = now.isoformat()
+    worker.gpus = [{**g, "job_id": job_id, "claimed_at": stamp} if g["index"] in chosen else g for g in gpus]
+    return sorted(chosen)
+
+
+def gang_gpus(session: Session, worker_id: int) -> set[int]:
+    """This worker's GPUs held by a running job that holds more than one of them (`--gpus N`)."""
+    gpus = get_worker(session, worker_id).gpus
+    counts: dict[int, int] = {}
+    for g in gpus:
+        if g["job_id"] is not None:
+            counts[g["job_id"]] = counts.get(g["job_id"], 0) + 1
+    gangs = {j for j, n in counts.items() if n > 1}
+    if not gangs:
+        return set()
+    alive = set(
+        session.scalars(select(Job.id).where(Job.id.in_(gangs), Job.status.in_(("queued", "running"))))
+    )
+    return {g["index"] for g in gpus if g["job_id"] in alive}
+
+
+def _busy_gpus(
+    session: Session, gpus: Sequence[Mapping[str, Any]], job_id: int, now: dt.datetime
+) -> set[int]:
+    held = {g["job_id"] for g in gpus if g["job_id"] is not None and g["job_id"] != job_id}
+    if not held:
+        return set()
+    status = dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(held))).tuples().all())
+    grace = dt.timedelta(seconds=CLAIM_GRACE_SECONDS)
+    busy = set()
+    for g in gpus:
+        if g["job_id"] is None or g["job_id"] == job_id:
+            continue
+        state = status.get(g["job_id"])
+        if state == "running" or (state == "queued" and _claimed_since(g, now) < grace):
+            busy.add(g["index"])
+    return busy
+
+
+def _claimed_since(gpu: Mapping[str, Any], now: dt.datetime) -> dt.timedelta:
+    stamp = gpu.get("claimed_at")
+    if not stamp:
+        return dt.timedelta.max
+    then = dt.datetime.fromisoformat(stamp)
+    if then.tzinfo is None and now.tzinfo is not None:
+        then = then.replace(tzinfo=now.tzinfo)
+    return now - then
 
 
 def free_gpu(session: Session, worker_id: int, job_id: int) -> None:
     """Job `job_id` is over on this worker: the GPUs it held are free (a no-op if it held none)."""
     worker = _locked(session, worker_id)
     if any(g["job_id"] == job_id for g in worker.gpus):
-        worker.gpus = [{**g, "job_id": None} if g["job_id"] == job_id else g for g in worker.gpus]
+        worker.gpus = [
+            {**g, "job_id": None, "claimed_at": None} if g["job_id"] == job_id else g for g in worker.gpus
+        ]
 
 
 def list_workers(
@@ -196,9 +284,13 @@ def list_workers(
     return views
 
 
-def listening(session: Session, queue: str) -> bool:
-    """Whether a live worker takes `queue` now (else a job sent there waits)."""
-    return any(w.alive and queue in w.queues for w in list_workers(session, include_stopped=False))
+def listening(session: Session, queue: str, gpus: int = 1) -> bool:
+    """Whether a live worker takes `queue` now and can run a job of `gpus` GPUs (it has that many, or
+    none: then the job's processes run on its CPU); else a job sent there waits."""
+    return any(
+        w.alive and queue in w.queues and (gpus <= 1 or not w.gpus or len(w.gpus) >= gpus)
+        for w in list_workers(session, include_stopped=False)
+    )
 
 
 def get_worker(session: Session, worker_id: int) -> Worker:

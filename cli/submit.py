@@ -97,20 +97,26 @@ def enqueue(
     )  # fmt: skip
     if created:
         send_or_fail(make_celery(settings), app.catalog, job)
-        if warning := nobody_listens(app, queue):
+        gpus = int(spec.get("train", {}).get("gpus", 1) or 1) if kind == "train" else 1
+        if warning := nobody_listens(app, queue, gpus):
             click.echo(warning, err=True)
     else:
         click.echo(already(job, idempotency_key), err=True)
     return job
 
 
-def nobody_listens(app: AppContext, queue: str) -> str | None:
+def nobody_listens(app: AppContext, queue: str, gpus: int = 1) -> str | None:
     """A warning when no live worker takes `queue` (the job then waits), naming the command to run."""
     from catalog.workers import listening
 
     with app.catalog.session() as s:
-        if listening(s, queue):
+        if listening(s, queue, gpus):
             return None
+        if gpus > 1 and listening(s, queue):
+            return (
+                f"warning: no running worker on queue {queue!r} has {gpus} GPUs (`ft workers list`): the "
+                f"job waits until one does (`ft worker --gpus all` on a host with {gpus} or more)"
+            )
     cpu_only = " (on a machine without a GPU: `ft worker --queues cpu,gpu`)" if queue == "gpu" else ""
     return (
         f"warning: no running worker takes queue {queue!r} (`ft workers list`): the job waits until one "

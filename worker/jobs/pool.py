@@ -8,7 +8,12 @@ Each pool process runs one job and exits (max_tasks_per_child=1), and its replac
 pool slot (billiard gives a new process the lowest slot no live process holds). Slot i owns GPU
 `gpus[i % len(gpus)]`: `job_gpu` sets `CUDA_VISIBLE_DEVICES` to it before the job imports torch, so two
 job processes never share a GPU while the concurrency is at most the number of GPUs (more than that
-shares them, as asked), and records which job runs on it in the catalog. Nothing here imports torch.
+shares them, as asked), and records which job runs on it in the catalog. A `--gpus N` train job claims
+N free GPUs of the worker together (`claim_job_gpus`, a gang: it never holds some while it waits for
+the others) and its process sees all N (worker.jobs.launch starts one process per GPU); a one-GPU job
+whose slot GPU such a job holds takes another free one. A job whose GPUs are not free is noted as
+waiting (`ft jobs list` says why) and its message comes back after a pause (worker.jobs.tasks). On a
+worker without GPUs a `--gpus N` job runs N processes on the CPU (gloo). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -22,7 +27,18 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from catalog.db import Catalog
-from catalog.workers import HEARTBEAT_SECONDS, claim_gpu, free_gpu, heartbeat, mark_stopped, register_worker
+from catalog.jobs import note_waiting
+from catalog.models import Job
+from catalog.workers import (
+    HEARTBEAT_SECONDS,
+    claim_gpu,
+    claim_gpus,
+    free_gpu,
+    gang_gpus,
+    heartbeat,
+    mark_stopped,
+    register_worker,
+)
 from worker.jobs.gpus import Gpu
 from worker.jobs.runner import run_job
 
@@ -162,10 +178,57 @@ class GpuRecord:
         self.job_id = None
 
 
+class WaitForGpus(Exception):
+    """The job needs more free GPUs than this worker has now; its message comes back after a pause."""
+
+
+def gpus_needed(catalog: Catalog, job_id: int) -> int:
+    """GPUs the job asks for: `--gpus N` of a train job, else one."""
+    with catalog.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.kind != "train":
+            return 1
+        return int((job.spec or {}).get("train", {}).get("gpus", 1) or 1)
+
+
+def claim_job_gpus(
+    catalog: Catalog, config: PoolConfig | None, job_id: int, need: int, slot: int | None
+) -> str:
+    """Claim the GPUs job `job_id` runs on and set CUDA_VISIBLE_DEVICES to them; returns them ("0,1").
+    One GPU: this slot's, unless a multi-GPU job holds it (then another free one). N GPUs: N free ones
+    together (a gang). Raises WaitForGpus (having noted why on the job) when they are not free."""
+    mine = slot_gpu(config, slot)
+    assert config is not None and config.worker_id is not None and mine is not None
+    total = len(config.gpus)
+    if need > total:
+        why = f"needs {need} GPUs; worker {config.worker_id} has {total}"
+        note_waiting(catalog, job_id, why)
+        raise WaitForGpus(why)
+    with catalog.session() as s:
+        if need == 1 and mine not in gang_gpus(s, config.worker_id):
+            got: list[int] | None = [mine]  # recorded with take_over once the lease is held (GpuRecord)
+        else:
+            got = claim_gpus(s, config.worker_id, job_id, need, prefer=mine)
+    if got is None:
+        why = f"waiting for {need} free GPU{'s' if need > 1 else ''} on worker {config.worker_id}"
+        note_waiting(catalog, job_id, why)
+        raise WaitForGpus(why)
+    os.environ[VISIBLE] = ",".join(str(g) for g in got)
+    return os.environ[VISIBLE]
+
+
 def run_pool_job(catalog: Catalog, config: PoolConfig | None, job_id: int, owner: str) -> str:
-    """`run_job` in this pool process, on its slot's GPU, recorded in the worker's row while it runs."""
-    with job_gpu(config, pool_slot()) as gpu:
+    """`run_job` in this pool process, on its GPUs, recorded in the worker's row while it runs. A job
+    whose GPUs are taken raises WaitForGpus (worker.jobs.tasks sends it again after a pause)."""
+    slot = pool_slot()
+    need = gpus_needed(catalog, job_id)
+    with job_gpu(config, slot) as gpu:
         record = GpuRecord(catalog, config, gpu)
+        if record.active:
+            claim_job_gpus(catalog, config, job_id, need, slot)
+            if os.environ[VISIBLE] != str(gpu):  # several GPUs, or another free one: claimed already
+                record.gpu = None
+                record.job_id = job_id
         try:
             return run_job(catalog, job_id, owner, on_claimed=record.start)
         finally:

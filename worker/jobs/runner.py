@@ -12,7 +12,8 @@
 
 A user error (`FtError`) fails the job with its message; any other exception fails it with a
 one-line summary and the traceback in the job's log; `JobCancelled` after a cancel request marks it
-`cancelled`. A worker that lost its lease writes nothing: the job belongs to someone else now.
+`cancelled`. A worker that lost its lease writes nothing: the job belongs to someone else now. An
+`FtError` marked `retry` (a rank of a multi-GPU job died) queues the job again, the attempt counted.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 from catalog.db import Catalog
 from catalog.errors import FtError
-from catalog.jobs import LeaseLost, claim_job, finish_job, heartbeat
+from catalog.jobs import LeaseLost, claim_job, finish_job, heartbeat, requeue_attempt
 from catalog.store import ArtifactStore
 from worker.jobs.handlers import HANDLERS, Finish, HandlerRegistry, JobCancelled, JobContext, job_workdir
 from worker.jobs.logs import job_logger, log_path
@@ -45,6 +46,9 @@ SKIPPED = "skipped"
 """run_job's answer when the job was not claimable (held elsewhere, finished or cancelled)."""
 LOST = "lost"
 """run_job's answer when this worker lost the lease mid-run; the job's state is not its to write."""
+REQUEUED = "requeued"
+"""run_job's answer when the attempt failed in a way a next attempt may not (an FtError whose `retry` is
+True, e.g. a killed rank of a multi-GPU job): the job is `queued` again and needs a new message."""
 
 
 def default_owner() -> str:
@@ -161,6 +165,11 @@ def run_job(
         progress = beat.progress
         if beat.lease_lost.is_set():
             return LOST
+        if status == REQUEUED:
+            again = requeue_attempt(catalog, job.id, owner, error or "the attempt failed")
+            final = again.status if again is not None else LOST
+            log.info("job %d %s: %s", job.id, "re-queued" if final == "queued" else final, error)
+            return REQUEUED if final == "queued" else final
         if status == "cancelled" and not beat.cancel_requested.is_set():
             # The handler stopped without a cancel request or lost lease: treat it as a bug.
             status, error = "failed", "the handler stopped as if cancelled, but nobody cancelled the job"
@@ -192,7 +201,7 @@ def _call_handler(handlers: HandlerRegistry, ctx: JobContext) -> tuple[Finish | 
         return None, "cancelled", "cancelled on request"
     except FtError as exc:
         ctx.log.error("%s", exc)
-        return None, "failed", str(exc)
+        return None, REQUEUED if getattr(exc, "retry", False) else "failed", str(exc)
     except Exception as exc:
         return None, "failed", _bug(ctx.log, exc, log_path(ctx.job, ctx.settings))
 

@@ -14,8 +14,12 @@ from celery import Task, shared_task
 from catalog.db import Catalog
 from catalog.errors import ServiceUnavailable
 from worker.jobs.messages import TASK_NAME
-from worker.jobs.pool import run_pool_job
+from worker.jobs.pool import WaitForGpus, run_pool_job
 from worker.jobs.requests import job_owner
+from worker.jobs.runner import REQUEUED
+
+GPU_WAIT_SECONDS = 5
+"""A job whose GPUs are busy is offered again this often (its message returns to the broker)."""
 
 
 @shared_task(
@@ -34,6 +38,11 @@ def run_job_task(self: Task, job_id: int) -> str:
     catalog = Catalog(self.app.conf.ft_settings)
     try:
         owner = job_owner(self.request.hostname, os.getpid())
-        return run_pool_job(catalog, self.app.conf.get("ft_pool"), job_id, owner)
+        status = run_pool_job(catalog, self.app.conf.get("ft_pool"), job_id, owner)
+    except WaitForGpus:  # its GPUs are busy: the same message again after a pause, as often as needed
+        raise self.retry(countdown=GPU_WAIT_SECONDS, max_retries=None) from None
     finally:
         catalog.dispose()
+    if status == REQUEUED:  # the attempt failed, the job is queued again: it needs a new message
+        raise self.retry(countdown=1, max_retries=None)
+    return status

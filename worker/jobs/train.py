@@ -9,7 +9,9 @@ so the step never goes back.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -20,32 +22,57 @@ from worker.jobs.convert import ensure_conversion
 from worker.jobs.handlers import HANDLERS, Finish, JobCancelled, JobContext
 from worker.spec import TrainSpec
 
+if TYPE_CHECKING:
+    from worker.models.loading import ParamCounts
+    from worker.train.engine import TrainPaths, TrainResult
 
-@HANDLERS.register("train")
-def run_train(ctx: JobContext) -> Finish:
+
+@dataclass
+class Prepared:
+    """What a train job needs before training, the same in the job process and in each rank."""
+
+    spec: TrainSpec
+    base: BaseModel
+    base_dir: Path
+    tokenizer: Any
+    conversion: Any
+    train_data: Any
+    eval_data: Any
+    paths: TrainPaths
+
+
+def prepare(ctx: JobContext) -> Prepared:
+    """Resolve the spec, the base and the tokenised splits (converting once, cached after)."""
     from datasets_prep.convert import load_tokenized
-    from worker.methods.saving import save_artifact
     from worker.models.directories import model_dir, tokenizer_of
-    from worker.train.engine import TrainHooks, TrainPaths
-    from worker.train.recipe import run_training
+    from worker.train.engine import TrainPaths
 
     spec = TrainSpec.from_json(ctx.job.spec)
     cfg = spec.train
     with ctx.catalog.session() as s:
         base = s.get_one(BaseModel, spec.data.base_model_id)
-    base_dir = model_dir(ctx.store, base)
     tokenizer = tokenizer_of(ctx.store, base)
     conversion = ensure_conversion(ctx, spec.data, tokenizer)
-    train_data = load_tokenized(ctx.store, conversion, "train")
-    eval_data = load_tokenized(ctx.store, conversion, cfg.eval_split) if cfg.eval_split else None
-    ctx.log.info(
-        "training %s: --method %s on %s (%d rows), attempt %d",
-        spec.name, spec.method, spec.dataset_ref, len(train_data), ctx.job.attempts,
-    )  # fmt: skip
-
-    paths = TrainPaths(
-        checkpoints=ctx.workdir / "checkpoints", tensorboard=ctx.settings.tensorboard_dir(ctx.job.id)
+    return Prepared(
+        spec=spec,
+        base=base,
+        base_dir=model_dir(ctx.store, base),
+        tokenizer=tokenizer,
+        conversion=conversion,
+        train_data=load_tokenized(ctx.store, conversion, "train"),
+        eval_data=load_tokenized(ctx.store, conversion, cfg.eval_split) if cfg.eval_split else None,
+        paths=TrainPaths(
+            checkpoints=ctx.workdir / "checkpoints", tensorboard=ctx.settings.tensorboard_dir(ctx.job.id)
+        ),
     )
+
+
+def train_prepared(ctx: JobContext, prep: Prepared) -> tuple[Any, TrainResult, ParamCounts]:
+    """Train in this process (one GPU, or one rank of a `--gpus N` job); progress to `ctx.report`."""
+    from worker.train.engine import TrainHooks
+    from worker.train.recipe import run_training
+
+    cfg = prep.spec.train
     last_logged = [-1]
 
     def on_progress(progress: dict[str, Any]) -> None:
@@ -59,14 +86,18 @@ def run_train(ctx: JobContext) -> Finish:
                 progress.get("tokens_per_s") or 0.0,
             )  # fmt: skip
 
-    model, result, counts = run_training(
-        base_dir, train_data, spec.registered(), spec.method_config, cfg, paths,
+    return run_training(
+        prep.base_dir, prep.train_data, prep.spec.registered(), prep.spec.method_config, cfg, prep.paths,
         TrainHooks(on_progress=on_progress, should_stop=ctx.cancelled),
-        eval_data=eval_data, trust_remote_code=base.trust_remote_code,
+        eval_data=prep.eval_data, trust_remote_code=prep.base.trust_remote_code,
     )  # fmt: skip
-    if result.stopped:
-        raise JobCancelled(f"job {ctx.job.id} stopped at step {result.steps}")
-    ctx.report({"stage": "save", "step": result.steps, "total": result.total_steps})
+
+
+def artifact_card(
+    ctx: JobContext, prep: Prepared, result: TrainResult, counts: ParamCounts
+) -> dict[str, Any]:
+    """The adapter's card: hyper-parameters, metrics and where it came from (also its catalog row)."""
+    spec, base, conversion = prep.spec, prep.base, prep.conversion
     saved = spec.to_json()
     hyper = {
         "method": saved["method_config"], "train": saved["train"],
@@ -86,8 +117,9 @@ def run_train(ctx: JobContext) -> Finish:
         "skipped_rows": result.skipped_rows,
         "resumed_from": result.resumed_from,
         "attempts": ctx.job.attempts,
+        "gpus": spec.train.gpus,
     }
-    card = {
+    return {
         "name": spec.name,
         "base_model": base.name,
         "base_model_origin": f"{base.architecture}, {base.source}: {base.origin or base.uri}",
@@ -100,10 +132,35 @@ def run_train(ctx: JobContext) -> Finish:
         "metrics": metrics,
         "ft_version": __version__,
     }
+
+
+@HANDLERS.register("train")
+def run_train(ctx: JobContext) -> Finish:
+    from worker.methods.saving import save_artifact
+
+    prep = prepare(ctx)
+    spec, cfg, conversion = prep.spec, prep.spec.train, prep.conversion
+    ctx.log.info(
+        "training %s: --method %s on %s (%d rows), attempt %d%s",
+        spec.name, spec.method, spec.dataset_ref, len(prep.train_data), ctx.job.attempts,
+        f", {cfg.gpus} GPUs" if cfg.gpus > 1 else "",
+    )  # fmt: skip
     with ctx.store.staging() as staged:
-        save_artifact(model, spec.method, staged, tokenizer=tokenizer, card=card)
+        if cfg.gpus > 1:  # one process per GPU (torchrun); rank 0 saves the artifact into `staged`
+            from worker.jobs.launch import train_on_ranks
+
+            result, counts = train_on_ranks(ctx, cfg.gpus, staged)
+        else:
+            model, result, counts = train_prepared(ctx, prep)
+            if result.stopped:
+                raise JobCancelled(f"job {ctx.job.id} stopped at step {result.steps}")
+            ctx.report({"stage": "save", "step": result.steps, "total": result.total_steps})
+            card = artifact_card(ctx, prep, result, counts)
+            save_artifact(model, spec.method, staged, tokenizer=prep.tokenizer, card=card)
         artifact = ctx.store.commit(staged, "adapters")
     ctx.log.info("saved %s (%d bytes, sha256 %s)", artifact.uri, artifact.size_bytes, artifact.sha256)
+    card = artifact_card(ctx, prep, result, counts)
+    hyper, metrics = card["hyperparameters"], card["metrics"]
 
     def finish(session: Session) -> dict[str, Any]:
         adapter = register_adapter(

@@ -21,6 +21,8 @@ from catalog.errors import InvalidInput
 
 SCHEDULERS = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
+MAX_GPUS = 16
+"""A job's GPUs come from one host (torchrun --standalone)."""
 
 
 @dataclass
@@ -73,6 +75,10 @@ class TrainConfig:
     """Evaluate every N optimizer steps (--eval-steps); None: at --save-steps."""
     logging_steps: int = 10
     """Write TensorBoard scalars and a log line every N optimizer steps (--logging-steps)."""
+    gpus: int = 1
+    """GPUs of one worker host the job trains on (--gpus): more than 1 starts one process per GPU with
+    torchrun, each taking its share of every step's micro-batches; the update is the one-GPU update (the
+    same effective batch), so a job may resume on another number of GPUs."""
 
     def __post_init__(self) -> None:
         if self.epochs is not None:
@@ -104,6 +110,9 @@ class TrainConfig:
         if self.eval_steps is not None:
             _whole(self.eval_steps, "--eval-steps", minimum=1)
         _whole(self.logging_steps, "--logging-steps", minimum=1)
+        _whole(self.gpus, "--gpus", minimum=1)
+        if self.gpus > MAX_GPUS:
+            raise InvalidInput(f"--gpus must be at most {MAX_GPUS}, the GPUs of one host (got {self.gpus})")
 
     @property
     def effective_batch(self) -> int:

@@ -12,10 +12,9 @@ but it writes `checkpoint-N` in place (a crash leaves a half directory that its 
 owns the data order, and is thousands of lines to reason through; this loop reads top to bottom.
 accelerate adds nothing on one device (autocast, clipping and fused AdamW are plain torch).
 
-Multi-GPU is not designed out: the step plan (worker.batching) is global and deterministic, so data
-parallelism is wrapping the model in DistributedDataParallel, giving rank r the micro-batches
-i % world == r of each step, all-reducing the step's target-token count, and letting rank 0 write
-checkpoints, TensorBoard and progress.
+Multi-GPU (`--gpus N`, worker/train/distributed.py): the step plan (worker.batching) is global and
+deterministic, so rank r runs the micro-batches r, r + N, ... of each step, the trainable gradients
+are summed over the ranks once a step, and rank 0 alone writes checkpoints, TensorBoard and progress.
 
 Loss: each micro-batch's mean loss is weighted by its share of the step's target tokens, so that
 gradient accumulation gives the same update as one large batch. bf16 autocast on CUDA, fp32 on CPU.
@@ -43,9 +42,12 @@ from worker.models.attention import without_cudnn_attention
 from worker.train.batching import Rows, StepPlan, collate, load_rows
 from worker.train.checkpoints import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from worker.train.config import TrainConfig
+from worker.train.distributed import Ranks
 from worker.train.optimization import build_optimizer, build_scheduler, seed_everything
 
 log = logging.getLogger(__name__)
+
+ONE_PROCESS = Ranks()
 
 
 @dataclass(frozen=True)
@@ -190,14 +192,21 @@ def _training_mode(model: nn.Module, cfg: TrainConfig) -> Callable[[], None]:
 
 @without_cudnn_attention()
 def _accumulate(
-    model: nn.Module, rows: Rows, micro: list[list[int]], pad_id: int, pad_to: int, autocast: Any
+    model: nn.Module,
+    rows: Rows,
+    micro: list[list[int]],
+    pad_id: int,
+    pad_to: int,
+    autocast: Any,
+    ranks: Ranks = ONE_PROCESS,
 ) -> tuple[float, int]:
-    """Forward and backward over one step's micro-batches, each weighted by its share of the step's
-    target tokens; returns (the step's loss per target token, input tokens processed)."""
+    """Forward and backward over this rank's share of one step's micro-batches, each weighted by its
+    share of the whole step's target tokens; returns (this rank's part of the step's loss per target
+    token, input tokens processed here). Summed over the ranks, both are the one-process values."""
     device = model_device(model)
     n_targets = sum(rows.targets[i] for idx in micro for i in idx)
     total, tokens = torch.zeros((), device=device), 0
-    for idx in micro:
+    for idx in ranks.share(micro):
         batch = collate(rows, idx, pad_id, pad_to)
         tokens += int(batch["attention_mask"].sum())
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -267,6 +276,7 @@ def train(
             "--lr, --epochs or --optimizer is unset: resolve the config with cfg.with_method_defaults(method)"
         )
     hooks = hooks or TrainHooks()
+    ranks = Ranks.current()
     device = model_device(model)
     rows = load_rows(train_data)
     eval_rows = load_rows(eval_data, what="evaluation data") if eval_data is not None else None
@@ -291,17 +301,18 @@ def train(
 
     autocast, pad_to = _precision(device)
     restore = _training_mode(model, cfg)
-    writer = _tensorboard(out.tensorboard, start)
+    writer = _tensorboard(out.tensorboard, start) if ranks.main else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     eval_every = cfg.eval_steps or cfg.save_steps
     params = [p for p in model.parameters() if p.requires_grad]
+    ranks.broadcast_params(params)
     step, stopped, eval_loss = start, False, None
     began, call_tokens = time.perf_counter(), 0
     window: list[float] = []
     try:
         while step < plan.total_steps:
-            if hooks.should_stop():
+            if ranks.flag(hooks.should_stop(), device):
                 stopped = True
                 break
             lr = scheduler.get_last_lr()[0]
@@ -313,7 +324,9 @@ def train(
                     pad_id,
                     pad_to,
                     autocast,
+                    ranks,
                 )
+                ranks.all_reduce_grads(params)
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
@@ -325,6 +338,9 @@ def train(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if ranks.many:
+                step_loss, summed = ranks.sum(step_loss, tokens, device=device)
+                tokens = int(summed)
             call_tokens += tokens
             if not math.isfinite(step_loss):
                 raise InvalidInput(f"the training loss became {step_loss} at step {step}: lower --lr")
@@ -343,7 +359,7 @@ def train(
                 "elapsed_s": state["train_seconds"] + elapsed,
             }
             last = step == plan.total_steps
-            if eval_rows is not None and (step % eval_every == 0 or last):
+            if eval_rows is not None and ranks.main and (step % eval_every == 0 or last):
                 eval_loss = evaluate(model, eval_rows, cfg.batch_size, pad_id, autocast, pad_to)
                 state["eval_losses"][str(step)] = progress["eval_loss"] = eval_loss
                 if writer is not None:
@@ -351,8 +367,9 @@ def train(
             if step % cfg.logging_steps == 0 or last:
                 _log(writer, progress, window)
                 window.clear()
-            hooks.on_progress(progress)
-            if step % cfg.save_steps == 0 or last:
+            if ranks.main:
+                hooks.on_progress(progress)
+            if ranks.main and (step % cfg.save_steps == 0 or last):
                 snapshot = {**state, "fingerprint": fingerprint}
                 snapshot.update(tokens_seen=progress["tokens_seen"], train_seconds=progress["elapsed_s"])
                 save_checkpoint(
