@@ -197,7 +197,7 @@ class Bench:
                 variant, method = entry["variant"], entry["method"]
                 same = (
                     _recipe(then, variant) == _recipe(now, variant)
-                    and then["defaults"]["methods"][method] == now["defaults"]["methods"][method]
+                    and _method_defaults(then, method) == _method_defaults(now, method, like=then)
                     and {k: v for k, v in then["defaults"].items() if k != "methods"}
                     == {k: v for k, v in now["defaults"].items() if k != "methods"}
                 )
@@ -330,6 +330,19 @@ class Bench:
                                    "default_same_seed": seed42, "keep_default": seed42 >= value}  # fmt: skip
         return {"headline": headline, "adapters": scores, "rows": rows, "base": base, "selection": selection,
                 "markdown": markdown(rows, base, headline)}  # fmt: skip
+
+
+def _method_defaults(
+    recipes: dict[str, Any], method: str, like: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The method's defaults; with `like` (an earlier run's recipes), without the flags added since: a
+    flag that did not exist then cannot have changed that run (give --redo where its default changes the
+    variant, as --int8-matmul did lora-int8's)."""
+    spec = dict(recipes["defaults"]["methods"][method])
+    if like is not None and method in like["defaults"]["methods"]:
+        known = like["defaults"]["methods"][method].get("flags", {})
+        spec["flags"] = {k: v for k, v in spec.get("flags", {}).items() if k in known}
+    return spec
 
 
 def _recipe(recipes: dict[str, Any], variant: str) -> dict[str, Any] | None:

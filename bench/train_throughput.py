@@ -12,6 +12,12 @@ Variants (each a fresh model from the same seed, the same rows, the same effecti
   micro-batch, length-grouped);
 - `ft`: ft's micro-batches by token budget (--max-tokens-per-batch 16384), no fused kernels;
 - `ft-fused`: ft's defaults: token budget and Liger's fused kernels.
+- `ft-int8-llm`: ft's defaults on an int8 base (--base-bits 8) with bitsandbytes' LLM.int8() matmul
+  (--int8-matmul llm-int8);
+- `ft-int8`: the same with ft's default int8 matmul, weight-only (worker.models.int8_matmul).
+`--synthetic N` trains on N random-token rows (lengths drawn around the fault reports': mean 580, at
+most 2048; the last 30% of each row is the answer) when no tokenised rows are at hand; speed and memory do
+not depend on the token values.
 The rows come from ft's own conversion (chat template, SmolLM2's tokenizer; `--rows DIR` holds
 `<data>.json` with input_ids and labels) so that both paths train on identical token ids. It reports, per
 variant, median step time, real tokens/s, peak memory, and the loss on one fixed batch before training
@@ -21,6 +27,7 @@ variant, median step time, real tokens/s, peak memory, and the loss on one fixed
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import gc
 import json
@@ -186,6 +193,21 @@ def run_baseline(model_dir: Path, rows: dict[str, Any], args: argparse.Namespace
     return result
 
 
+def synthetic_rows(n: int, vocab: int, seed: int = 0) -> dict[str, Any]:
+    """n random-token rows, lengths ~ N(580, 300) clipped to [64, 2048], the last 30% as labels."""
+    import random
+
+    rng = random.Random(seed)
+    ids, labels = [], []
+    for _ in range(n):
+        length = min(2048, max(64, int(rng.gauss(580, 300))))
+        row = [rng.randrange(3, vocab) for _ in range(length)]
+        cut = int(length * 0.7)
+        ids.append(row)
+        labels.append([-100] * cut + row[cut:])
+    return {"input_ids": ids, "labels": labels, "pad_id": 0, "source": f"synthetic ({n} rows, seed {seed})"}
+
+
 def run_ft(model_dir: Path, rows: dict[str, Any], args: argparse.Namespace, **train: Any) -> dict[str, Any]:
 
     from worker.methods import get_method
@@ -194,6 +216,7 @@ def run_ft(model_dir: Path, rows: dict[str, Any], args: argparse.Namespace, **tr
     from worker.train.recipe import run_training
 
     method = get_method("lora")
+    lora = LORA | train.pop("lora", {})
     cfg = TrainConfig(
         max_steps=args.warmup + args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=2e-4,
         save_steps=100_000, logging_steps=100_000, **train,
@@ -217,7 +240,7 @@ def run_ft(model_dir: Path, rows: dict[str, Any], args: argparse.Namespace, **tr
     start = time.perf_counter()
     _, result, _ = run_training(
         model_dir, {"input_ids": rows["input_ids"], "labels": rows["labels"]}, probed,
-        method.make_config(LORA), cfg, TrainPaths(Path(tempfile.mkdtemp()) / "ckpt"),
+        method.make_config(lora), cfg, TrainPaths(Path(tempfile.mkdtemp()) / "ckpt"),
         TrainHooks(on_progress=on_progress), device=_device(),
     )  # fmt: skip
     times = [b[0] - a[0] for a, b in zip([(start, 0), *marks], marks, strict=False)]
@@ -247,7 +270,10 @@ VARIANTS = {
     "ft-rows": {"max_tokens_per_batch": 0, "fused_kernels": False},
     "ft": {"max_tokens_per_batch": 16384, "fused_kernels": False},
     "ft-fused": {"max_tokens_per_batch": 16384, "fused_kernels": True},
-}
+    "ft-int8-llm": {"max_tokens_per_batch": 16384, "fused_kernels": True,
+                    "lora": {"base_bits": 8, "int8_matmul": "llm-int8"}},
+    "ft-int8": {"max_tokens_per_batch": 16384, "fused_kernels": True, "lora": {"base_bits": 8}},
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -261,6 +287,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--data", default="adgen,faults")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--limit", type=int, default=512, help="rows of each data set")
+    ap.add_argument("--synthetic", type=int, default=0, help="N random-token rows instead of --rows")
+    ap.add_argument("--tag", default="", help="added to the results file's name")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--grad-accum", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=3)
@@ -282,13 +310,17 @@ def main(argv: list[str] | None = None) -> Path:
         "variants": VARIANTS, "results": {},
     }  # fmt: skip
     for data in args.data.split(","):
-        rows = load_rows(args.rows / f"{data}.json", args.limit)
+        rows = (
+            synthetic_rows(args.synthetic, SHAPES[args.shape]["vocab_size"])
+            if args.synthetic
+            else load_rows(args.rows / f"{data}.json", args.limit)
+        )
         save_pad_tokenizer(model_dir, rows["pad_id"])
         lengths = [len(x) for x in rows["input_ids"]]
         record["results"][data] = {"rows": len(lengths), "mean_tokens": round(statistics.fmean(lengths), 1),
                                    "max_tokens": max(lengths), "source": rows["source"]}  # fmt: skip
         for variant in args.variants.split(","):
-            train = VARIANTS[variant]
+            train = copy.deepcopy(VARIANTS[variant])
             try:
                 out = (
                     run_baseline(model_dir, rows, args)
@@ -308,6 +340,10 @@ def main(argv: list[str] | None = None) -> Path:
                 mine["speed_vs_baseline"] = round(mine["real_tokens_per_s"] / base["real_tokens_per_s"], 2)
                 if base.get("peak_memory_gib"):
                     mine["memory_vs_baseline"] = round(mine["peak_memory_gib"] / base["peak_memory_gib"], 2)
+        int8, llm = record["results"][data].get("ft-int8", {}), record["results"][data].get("ft-int8-llm", {})
+        if int8.get("real_tokens_per_s") and llm.get("real_tokens_per_s"):
+            int8["speed_vs_llm_int8"] = round(int8["real_tokens_per_s"] / llm["real_tokens_per_s"], 2)
+            int8["memory_vs_llm_int8"] = round(int8["peak_memory_gib"] / max(llm["peak_memory_gib"], 1e-9), 2)
     path = _save(args.out, record)
     print(path)
     return path
@@ -315,7 +351,8 @@ def main(argv: list[str] | None = None) -> Path:
 
 def _save(out: Path, record: dict[str, Any]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"train-throughput-{record['shape']}-{record['device'].replace(' ', '_')}.json"
+    tag = f"-{record['settings']['tag']}" if record["settings"].get("tag") else ""
+    path = out / f"train-throughput-{record['shape']}{tag}-{record['device'].replace(' ', '_')}.json"
     path.write_text(json.dumps(record, indent=1))
     return path
 

@@ -66,9 +66,7 @@ def test_smoke_run_through_the_real_commands(tiny_model_dir, tmp_path, monkeypat
     record = json.loads(out.read_text(encoding="utf-8"))
     assert record["smoke"] and record["commit"] and record["device"] == "cpu" and record["versions"]["peft"]
     names = sorted(record["adapters"])
-    assert names == [
-        "faults-ptuning-e24-s42", "faults-ptuning-s1", "faults-ptuning-s42", "faults-ptuning-vt128-s42",
-    ]  # fmt: skip
+    assert names == ["faults-ptuning-s1", "faults-ptuning-s42", "faults-ptuning-vt128-s42"]
     for adapter in record["adapters"].values():
         assert "validation" in adapter and adapter["spec"]["data"]["max_source_len"] == 192  # 3/4 of 256
         assert ("test" in adapter) == adapter["default"]  # candidates are never scored on test
@@ -78,7 +76,7 @@ def test_smoke_run_through_the_real_commands(tiny_model_dir, tmp_path, monkeypat
         )
     (row,) = [r for r in record["rows"] if r["variant"] == "ptuning"]
     assert row["seeds"] == [42, 1] and len(row["test"]["values"]) == 2 and row["test"]["std"] >= 0
-    assert set(record["selection"]) == {"ptuning-vt128", "ptuning-e24"}
+    assert set(record["selection"]) == {"ptuning-vt128"}
     assert set(record["base"]) == {"validation", "test"}
     assert "| ptuning | `--method ptuning` | 42, 1 |" in record["markdown"]
     assert any(
@@ -86,3 +84,15 @@ def test_smoke_run_through_the_real_commands(tiny_model_dir, tmp_path, monkeypat
         for c in record["ft_commands"]
     )
     assert any(c.startswith("ft worker ") for c in record["ft_commands"])
+
+
+def test_previous_results_ignore_flags_added_since_but_not_changed_defaults():
+    bench = _load("bench_quality")
+    now = bench.load_recipes()
+    then = json.loads(json.dumps(now))
+    del then["defaults"]["methods"]["lora"]["flags"]["int8_matmul"]  # a flag added after that run
+    assert bench._method_defaults(then, "lora") == bench._method_defaults(now, "lora", like=then)
+    then["defaults"]["methods"]["lora"]["flags"]["rank"] = 16  # a default changed since: not the same run
+    assert bench._method_defaults(then, "lora") != bench._method_defaults(now, "lora", like=then)
+    then["defaults"]["methods"]["ptuning"]["epochs"] = 16
+    assert bench._method_defaults(then, "ptuning") != bench._method_defaults(now, "ptuning", like=then)

@@ -5,6 +5,7 @@ cancels through `catalog.jobs.request_cancel`, and hostile text stays text."""
 from __future__ import annotations
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -15,11 +16,26 @@ WAIT_S = 60
 
 
 def wait_for(driver, condition, what: str):
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.2).until(lambda d: condition(d), message=what)
+    """Poll `condition`; an element htmx swapped out between finding and reading it is polled again."""
+    wait = WebDriverWait(
+        driver, WAIT_S, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    return wait.until(lambda d: condition(d), message=what)
 
 
 def text_of(driver, css: str) -> str:
+    """The element's text, found again when a live refresh replaced it while it was read."""
+    for _ in range(20):
+        try:
+            return driver.find_element(By.CSS_SELECTOR, css).text
+        except StaleElementReferenceException:
+            continue
     return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def click(driver, css: str) -> None:
+    """Click the element, found again when a live refresh replaced it before the click landed."""
+    wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, css).click() or True, f"a click on {css}")
 
 
 def no_script_ran(driver) -> None:
@@ -99,14 +115,14 @@ def test_the_cancel_button_cancels_the_job_in_the_catalog(board, browser):
     job, _ = submit_job(board.catalog, "convert", {"dataset": "faults"}, "carol", queue="cpu")
     browser.get(board.url + f"/jobs/{job.id}")
     assert text_of(browser, "#job-status") == "queued"
-    browser.find_element(By.CSS_SELECTOR, "#cancel button").click()
+    click(browser, "#cancel button")
     wait_for(browser, lambda d: text_of(d, "#job-status") == "cancelled", "the job page to show cancelled")
     with board.catalog.session() as s:
         row = get_job(s, job.id)
         assert (row.status, row.cancel_requested) == ("cancelled", True)
 
     browser.get(board.url + f"/jobs/{board.running_job}")  # running: asked to stop at its next step
-    browser.find_element(By.CSS_SELECTOR, "#cancel button").click()
+    click(browser, "#cancel button")
     wait_for(browser, lambda d: "(cancel requested)" in text_of(d, "#job-status"), "cancel requested")
     with board.catalog.session() as s:
         row = get_job(s, board.running_job)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from catalog.errors import InvalidInput
 from worker.methods import compute_dtype, register_method, require_quantisation
 from worker.methods.artifacts import PEFT
+from worker.models.int8_matmul import WEIGHT_ONLY, check_choice
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +36,10 @@ class LoraMethodConfig:
     """Weight-decomposed LoRA (DoRA) instead of plain LoRA (--dora)."""
     base_bits: int | None = None
     """Load the frozen base in 8-bit (--base-bits 8; needs bitsandbytes); None keeps it in bf16/fp32."""
+    int8_matmul: str = WEIGHT_ONLY
+    """How an int8 base multiplies (--int8-matmul): "weight-only" dequantises the int8 weights inside
+    each matmul (no host synchronisation); "llm-int8" is bitsandbytes' LLM.int8() (int8 activations, fp16
+    outlier columns, two synchronisations per layer: many times slower)."""
 
     def __post_init__(self) -> None:
         check_lora_flags(self.rank, self.alpha, self.dropout, self.target)
@@ -42,6 +47,9 @@ class LoraMethodConfig:
             raise InvalidInput(
                 f"--base-bits must be 8 (or omitted; use --method qlora for 4-bit), not {self.base_bits!r}"
             )
+        check_choice(self.int8_matmul)
+        if self.int8_matmul != WEIGHT_ONLY and self.base_bits != 8:
+            raise InvalidInput("--int8-matmul applies to an int8 base: add --base-bits 8, or drop it")
 
 
 def check_lora_flags(rank: int, alpha: float, dropout: float, target: str) -> None:
@@ -93,13 +101,18 @@ def wrap(model: nn.Module, peft_cfg: Any, quantized: bool) -> nn.Module:
 
 def load_kwargs(cfg: LoraMethodConfig, device: torch.device | str) -> dict[str, Any]:
     """The frozen base in bf16/fp32, or in int8 with --base-bits 8 (bitsandbytes; int8 weights, the rest
-    and the computation in bf16 on a bf16 GPU, fp32 on the CPU)."""
+    and the computation in bf16 on a bf16 GPU, fp32 on the CPU; weight-only unless --int8-matmul says
+    llm-int8)."""
     if cfg.base_bits != 8:
         return {"dtype": compute_dtype(device)}
     require_quantisation(device, "--base-bits 8", "omit --base-bits to train LoRA on a bf16/fp32 base")
     from transformers import BitsAndBytesConfig
 
-    return {"dtype": compute_dtype(device), "quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
+    return {
+        "dtype": compute_dtype(device),
+        "quantization_config": BitsAndBytesConfig(load_in_8bit=True),
+        "int8_matmul": cfg.int8_matmul,
+    }
 
 
 @register_method(

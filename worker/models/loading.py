@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from catalog.errors import InvalidInput
+from worker.models.int8_matmul import WEIGHT_ONLY, use_weight_only
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,11 @@ def load_base(
     quantization_config: Any = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    int8_matmul: str = "weight-only",
 ) -> nn.Module:
-    """Load the causal LM in `model_dir` onto `device` (quantised when `quantization_config` is given)."""
+    """Load the causal LM in `model_dir` onto `device` (quantised when `quantization_config` is given).
+    An int8 base multiplies as `int8_matmul` says (worker.models.int8_matmul: "weight-only" or
+    "llm-int8")."""
     from transformers import AutoModelForCausalLM
 
     path = _check_dir(model_dir)
@@ -201,6 +205,8 @@ def load_base(
         ) from exc
     if "device_map" not in kwargs:  # a quantised model is where its device map put it and cannot move
         model.to(device)
+    if getattr(quantization_config, "load_in_8bit", False) and int8_matmul == WEIGHT_ONLY:
+        use_weight_only(model)
     return model
 
 
