@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -185,7 +186,9 @@ class Bench:
     def load_previous(self) -> None:
         """Adapters scored by earlier runs (`--previous FILE`, e.g. an earlier GPU session's results) that
         this run takes as they are instead of training again: only where that run's recipe of the variant
-        and its method's defaults equal today's recipes.yaml, and the variant is not in --redo."""
+        and its method's defaults equal today's recipes.yaml, the adapter was scored on every split it
+        needs (one trained but cut off before its evaluations trains again: its artifact is gone with
+        that machine), and the variant is not in --redo."""
         self.previous: dict[str, dict[str, Any]] = {}
         self.previous_base: dict[str, Any] = {}
         for path in self.args.previous or []:
@@ -201,7 +204,10 @@ class Bench:
                     and {k: v for k, v in then["defaults"].items() if k != "methods"}
                     == {k: v for k, v in now["defaults"].items() if k != "methods"}
                 )
-                if same and variant not in (self.args.redo or []) and name not in self.previous:
+                splits = ("validation", "test") if entry["default"] else ("validation",)
+                headline = record.get("headline") or ""  # an adapter trained, then cut off unscored: again
+                scored = all(entry.get(split) and headline in entry[split] for split in splits)
+                if same and scored and variant not in (self.args.redo or []) and name not in self.previous:
                     self.previous[name] = {**entry, "from": path.name, "commit": record.get("commit")}
             for split, metrics in record.get("base", {}).items():
                 self.previous_base.setdefault(split, metrics)
@@ -398,7 +404,7 @@ def environment() -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> Path | None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gguf", type=Path, help="SmolLM2-135M-Instruct's GGUF file")
     ap.add_argument("--model-dir", type=Path, help="a model directory instead of --gguf (smoke tests)")
@@ -416,13 +422,19 @@ def main(argv: list[str] | None = None) -> Path | None:
                     "count as done where their recipes equal today's (repeatable)")  # fmt: skip
     ap.add_argument("--redo", type=lambda s: s.split(","), help="variants never taken from --previous")
     ap.add_argument("--smoke", action="store_true", help="2 steps, 2 rows, 8 tokens: check the script runs")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--out", type=Path, help="the results file, or a folder to name it in")
     args = ap.parse_args(argv)
     if not args.gguf and not args.model_dir:
         ap.error("give --gguf FILE or --model-dir DIR")
+    variants = load_recipes()["variants"]
+    if unknown := [v for v in args.variants or [] if v not in variants]:
+        ap.error(f"unknown variants {unknown}; recipes.yaml has {', '.join(variants)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path | None:
+    args = parse_args(argv)
     recipes = load_recipes()
-    if unknown := [v for v in args.variants or [] if v not in recipes["variants"]]:
-        ap.error(f"unknown variants {unknown}; recipes.yaml has {', '.join(recipes['variants'])}")
     bench = Bench(args, recipes)
     deadline = time.monotonic() + (args.budget_s or 1e9)
     bench.setup()
@@ -444,6 +456,10 @@ def main(argv: list[str] | None = None) -> Path | None:
         "previous": [str(p) for p in args.previous or []],
         **bench.report(plan),
     }  # fmt: skip
+    if out.is_dir():
+        device = re.sub(r"\W+", "_", record["device"])
+        commit = (record["commit"] or "nocommit")[:7]
+        out = out / f"quality-{args.task}{'' if complete else '-partial'}-{commit}-{device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
     print(record["markdown"], flush=True)

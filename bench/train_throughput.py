@@ -309,7 +309,12 @@ def main(argv: list[str] | None = None) -> Path:
                                                                capture_output=True, text=True).stdout.strip(),
         "variants": VARIANTS, "results": {},
     }  # fmt: skip
-    for data in args.data.split(","):
+    # --synthetic: the same random rows each pass (`--data` only names how many passes: their spread is
+    # the run-to-run noise), labelled as passes, not as the data sets they are not.
+    passes = args.data.split(",")
+    for i, data in enumerate(passes):
+        if args.synthetic:
+            data = f"synthetic-pass-{i + 1}"
         rows = (
             synthetic_rows(args.synthetic, SHAPES[args.shape]["vocab_size"])
             if args.synthetic

@@ -96,3 +96,31 @@ def test_previous_results_ignore_flags_added_since_but_not_changed_defaults():
     assert bench._method_defaults(then, "lora") != bench._method_defaults(now, "lora", like=then)
     then["defaults"]["methods"]["ptuning"]["epochs"] = 16
     assert bench._method_defaults(then, "ptuning") != bench._method_defaults(now, "ptuning", like=then)
+
+
+def test_previous_results_take_only_adapters_scored_on_every_split_they_need(tmp_path):
+    """An adapter trained in an earlier session that was cut off before its evaluations trains again:
+    its artifact went with that machine, and taking it would report a seed that was never scored."""
+    bench = _load("bench_quality")
+    recipes = bench.load_recipes()
+    scored = {"f1": 0.4, "precision": 0.5}
+
+    def entry(variant: str, seed: int, default: bool = True, **splits) -> dict:
+        method = recipes["variants"].get(variant, recipes["candidates"].get(variant, {})).get("method")
+        return {"variant": variant, "method": method, "default": default, "seed": seed, **splits}
+
+    record = {"task": "faults", "headline": "f1", "recipes": recipes, "commit": "abc", "base": {},
+              "adapters": {
+                  "faults-lora-s42": entry("lora", 42, validation=scored, test=scored),
+                  "faults-lora-s1": entry("lora", 1),  # trained, never evaluated
+                  "faults-full-s1": entry("full", 1, validation=scored),  # test evaluation cut off
+                  "faults-ptuning-vt128-s42": entry("ptuning-vt128", 42, default=False, validation=scored),
+              }}  # fmt: skip
+    previous = tmp_path / "previous.json"
+    previous.write_text(json.dumps(record), encoding="utf-8")
+    args = bench.parse_args(
+        ["--model-dir", str(tmp_path), "--home", str(tmp_path / "home"), "--previous", str(previous)]
+    )
+    taken = bench.Bench(args, recipes).previous
+    assert sorted(taken) == ["faults-lora-s42", "faults-ptuning-vt128-s42"]
+    assert taken["faults-lora-s42"]["from"] == "previous.json" and taken["faults-lora-s42"]["commit"] == "abc"
