@@ -64,10 +64,29 @@ def remove_adapter(session: Session, name: str) -> Adapter:
     children = session.scalars(select(Adapter.name).where(Adapter.parent_id == adapter.id)).all()
     if children:
         raise Conflict(f"adapter {name!r} is the parent of {', '.join(children)}: remove those first")
+    pending = session.scalars(
+        select(Job).where(Job.kind == "train", Job.status.in_(("queued", "running")))
+    ).all()
+    continuing = [j.id for j in pending if (j.spec.get("parent") or {}).get("adapter_id") == adapter.id]
+    if continuing:
+        jobs = ", ".join(map(str, continuing))
+        raise Conflict(f"job(s) {jobs} continue training from adapter {name!r} (--from): cancel them first")
     for evaluation in session.scalars(select(Evaluation).where(Evaluation.adapter_id == adapter.id)):
         session.delete(evaluation)
     session.delete(adapter)
     return adapter
+
+
+def lineage(session: Session, adapter: Adapter) -> list[Adapter]:
+    """The adapter, its parent (`--from`), the parent's parent, ... up to one trained from a base."""
+    chain, seen = [adapter], {adapter.id}
+    while chain[-1].parent_id is not None and chain[-1].parent_id not in seen:
+        parent = session.get(Adapter, chain[-1].parent_id)
+        if parent is None:
+            break
+        chain.append(parent)
+        seen.add(parent.id)
+    return chain
 
 
 def artifact_in_use(session: Session, uri: str) -> bool:

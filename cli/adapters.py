@@ -104,16 +104,25 @@ def list_(app: AppContext, method: str | None, model: str | None, mine: bool, as
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
 def show(app: AppContext, name: str, as_json: bool) -> None:
-    """Show an adapter's lineage, hyper-parameters, cost and artifact.
+    """Show an adapter's lineage, hyper-parameters, cost and artifact. The lineage runs from the adapter
+    through the adapters it was continued from (`ft submit train --from`) to its base model.
 
     \b
     Example:
         ft adapters show faults-lora
     """
-    from catalog.adapters import get_adapter
+    from catalog.adapters import get_adapter, lineage
 
     with app.catalog.session() as s:
-        d = adapter_dict(get_adapter(s, name))
+        adapter = get_adapter(s, name)
+        d = adapter_dict(adapter)
+        chain = [
+            {"name": a.name, "method": a.method, "dataset": a.dataset.ref, "job_id": a.job_id,
+             "sha256": a.sha256}
+            for a in lineage(s, adapter)
+        ]  # fmt: skip
+    d["parent"] = chain[1]["name"] if len(chain) > 1 else None
+    d["lineage"] = chain
     d["path"] = str(app.store.path(d["artifact_uri"]))
     if as_json:
         print_json(d)
@@ -121,7 +130,9 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     click.echo(
         f"{d['name']}  ({d['method']}, job {d['job_id']}, by {d['created_by']} {when(d['created_at'])})"
     )
+    steps = [f"{a['name']} ({a['dataset']}, job {a['job_id']})" for a in chain]
     lines = [
+        ("lineage", " <- ".join([*steps, f"{d['base_model']} (base)"])),
         ("base model", d["base_model"]),
         ("dataset", d["dataset"]),
         ("template", d["template"]),

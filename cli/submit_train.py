@@ -22,7 +22,7 @@ from cli.submit import enqueue, report_again, report_submitted, submit, submit_o
 
 DATA_KEYS = ("max_len", "max_source_len")
 """Fields of the data spec (datasets_prep.spec.ConvertSpec) that are flags of `ft submit train`."""
-JOB_KEYS = ("method", "model", "dataset", "template", "name", *DATA_KEYS)
+JOB_KEYS = ("method", "model", "dataset", "template", "name", "parent", *DATA_KEYS)
 
 
 def _options(f: Any) -> Any:
@@ -37,6 +37,9 @@ def _options(f: Any) -> Any:
         click.option("--template", "-t", help="Prompt template, NAME or NAME:VERSION  [default: chat if the "
                      "model's tokenizer has a chat template, else plain]"),
         click.option("--name", "-n", help="Adapter name  [default: DATASET-METHOD, numbered if taken]"),
+        click.option("--from", "parent", metavar="ADAPTER", help="Continue training a registered adapter: "
+                     "start from its weights, with its method, base, template and method settings "
+                     "[default of --method, --model, --dataset, --template: the parent's]."),
         click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
                      help="YAML file of flat keys (any flag's name with _); flags override it."),
         click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -102,6 +105,19 @@ def split_keys(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], 
     return job, train, meth
 
 
+def parent_defaults(app: AppContext, name: str) -> dict[str, Any]:
+    """`--from ADAPTER`: its method, base and dataset, for the flags not given."""
+    from catalog.adapters import get_adapter
+    from catalog.errors import NotFound
+
+    with app.catalog.session() as s:
+        try:
+            parent = get_adapter(s, name)
+        except NotFound as exc:
+            raise NotFound(f"--from: {exc}") from None
+        return {"method": parent.method, "model": parent.base_model.name, "dataset": parent.dataset.ref}
+
+
 def default_adapter_name(app: AppContext, dataset: str, method: str) -> str:
     from catalog.adapters import check_adapter_name_free
     from catalog.errors import Conflict
@@ -137,12 +153,15 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
         ft submit train --method lora --rank 16 --dora -m smol -d faults -t plain --epochs 3
         ft submit train --method freeze --layers 4 -m smol -d faults --lr 5e-5
         ft submit train --config recipe.yaml -o lr=1e-4 -o warmup_ratio=0.1
+        ft submit train --from faults-lora -d faults-2025 --epochs 2 --name faults-lora-2025
     """
     from worker.resolve import resolve_train_spec
 
     values: dict[str, Any] = load_config_file(config_file) if config_file else {}
     values.update({k: v for k, v in flags.items() if v is not None})
     values.update(dict(parse_override(o) for o in overrides))
+    if values.get("parent"):
+        values = {**parent_defaults(app, str(values["parent"])), **values}
     job, train_keys, method_keys = split_keys(values)
     for required in ("model", "dataset"):
         if not job.get(required):
@@ -160,13 +179,16 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
             s, name=name, method=job["method"], model=job["model"], dataset=job["dataset"],
             template=job.get("template"), method_flags=method_keys, train_flags=train_keys,
             **{k: job[k] for k in DATA_KEYS if job.get(k) is not None}, store=app.store,
+            parent=job.get("parent"),
         )  # fmt: skip
     job_row = enqueue(
         app, "train", spec.to_json(), queue=queue, priority=priority, idempotency_key=idempotency_key,
         adapter_name=spec.name,
     )  # fmt: skip
     if not as_json:
+        start = f", from {spec.parent.name}" if spec.parent else ""
         click.echo(
-            f"adapter {spec.name}: --method {spec.method} on {spec.dataset_ref} ({spec.model_name})", err=True
+            f"adapter {spec.name}: --method {spec.method} on {spec.dataset_ref} ({spec.model_name}){start}",
+            err=True,
         )
     report_submitted(app, job_row, wait=wait, as_json=as_json)

@@ -8,6 +8,7 @@ flags become validated dataclasses with every default filled in; errors name the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,12 +23,13 @@ from catalog.store import ArtifactStore
 from catalog.templates import get_template
 from datasets_prep.convert import resolve_convert_spec
 from datasets_prep.lengths import DEFAULT_MAX_LEN
+from datasets_prep.spec import strict_from_json
 from datasets_prep.templates import default_template_name
 from worker.evaluation.decoding import DEFAULT_BATCH_SIZE, Decoding
 from worker.evaluation.metrics import METRICS
 from worker.evaluation.metrics.infer import infer_metric
-from worker.methods import get_method
-from worker.spec import EvalSpec, EvalTarget, TrainSpec
+from worker.methods import Method, get_method
+from worker.spec import EvalSpec, EvalTarget, ParentRef, TrainSpec
 from worker.train.config import TrainConfig
 
 
@@ -44,12 +46,19 @@ def resolve_train_spec(
     max_len: int = DEFAULT_MAX_LEN,
     max_source_len: int | None = None,
     store: ArtifactStore | None = None,
+    parent: str | None = None,
 ) -> TrainSpec:
     """Validate everything a training job needs; raise InvalidInput/NotFound/Conflict naming the flag.
 
     Without `template`: the model's chat template when its tokenizer has one, else `plain` (`store`
-    locates an imported model's files). Without `max_source_len`: 3/4 of --max-len."""
+    locates an imported model's files). Without `max_source_len`: 3/4 of --max-len. With `parent`
+    (`--from ADAPTER`): the same method and base as that adapter, its template unless one is given,
+    and its method settings (only the method's `keeps_on_continue` flags may differ)."""
     registered = get_method(method)
+    parent_row = _parent(session, parent, registered, model) if parent else None
+    if parent_row is not None:
+        template = template or parent_row.template.ref
+        method_flags = _continued_flags(registered, parent_row, method_flags)
     method_cfg = registered.make_config(method_flags)
     cfg = TrainConfig.from_dict(train_flags).with_method_defaults(registered)
     check_adapter_name_free(session, name)
@@ -64,7 +73,51 @@ def resolve_train_spec(
         raise NotFound(
             f"--eval-split {cfg.eval_split!r}: dataset {ds.ref} has splits {', '.join(ds.split_counts)}"
         )
-    return TrainSpec(name=name, method=registered.name, method_config=method_cfg, train=cfg, data=convert)
+    ref = None
+    if parent_row is not None:
+        ref = ParentRef(parent_row.name, parent_row.id, parent_row.artifact_uri, parent_row.sha256)
+    return TrainSpec(
+        name=name, method=registered.name, method_config=method_cfg, train=cfg, data=convert, parent=ref
+    )
+
+
+def _parent(session: Session, name: str, method: Method, model: str) -> Adapter:
+    try:
+        adapter = get_adapter(session, name)
+    except NotFound as exc:
+        raise NotFound(f"--from: {exc}") from None
+    if adapter.status != "ready":
+        raise InvalidInput(f"--from {name}: the adapter is {adapter.status}, not ready")
+    if method.continues is not None:
+        raise InvalidInput(f"--from {name}: --method {method.name}: {method.continues}")
+    if adapter.method != method.name:
+        raise InvalidInput(
+            f"--from {name} was trained with --method {adapter.method}: continue it with --method "
+            f"{adapter.method} (or leave --method out)"
+        )
+    base = get_base_model(session, model)
+    if adapter.base_model_id != base.id:
+        raise InvalidInput(
+            f"--from {name} was trained on base model {adapter.base_model.name}, not {base.name}: "
+            f"continue it with -m {adapter.base_model.name} (or leave --model out)"
+        )
+    return adapter
+
+
+def _continued_flags(method: Method, parent: Adapter, given: dict[str, Any]) -> dict[str, Any]:
+    """The parent's method settings, with the given flags that may differ (refusing the others)."""
+    saved = parent.hyperparameters.get("method") or {}
+    names = [f.name for f in dataclasses.fields(method.config)]
+    typed = strict_from_json(method.config, {k: v for k, v in saved.items() if k in names}, what="--from")
+    inherited = {k: getattr(typed, k) for k in names if k in saved}  # fields added since: today's default
+    for key, value in given.items():
+        if key in inherited and inherited[key] != value and key not in method.keeps_on_continue:
+            free = ", ".join("--" + k.replace("_", "-") for k in method.keeps_on_continue) or "none"
+            raise InvalidInput(
+                f"--{key.replace('_', '-')} {value}: --from {parent.name} was trained with "
+                f"{inherited[key]!r}; a continued adapter keeps its parent's settings (it may change {free})"
+            )
+    return {**inherited, **given}
 
 
 # ---------------------------------------------------------------- evaluation

@@ -27,6 +27,17 @@ TRAIN_KEYS = ("name", "method", "method_config", "train", "data", "parent", "not
 
 
 @dataclass
+class ParentRef:
+    """The adapter a continued training starts from (`--from`), pinned at submit: the worker loads that
+    artifact, verified against this sha256, whatever happens to the name meanwhile."""
+
+    name: str
+    adapter_id: int
+    artifact_uri: str
+    sha256: str
+
+
+@dataclass
 class TrainSpec:
     """A training job, fully resolved: the method's config and the training config have every default
     filled in (the method's lr, epochs and optimizer included), the data is one conversion."""
@@ -40,8 +51,8 @@ class TrainSpec:
     train: TrainConfig
     data: ConvertSpec
     """The tokenised data: dataset version, template version, tokenizer, lengths."""
-    parent: str | None = None
-    """Reserved for continued training from an existing adapter."""
+    parent: ParentRef | None = None
+    """The registered adapter whose weights training starts from (`--from`), or None."""
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -73,7 +84,7 @@ class TrainSpec:
             "method_config": dataclasses.asdict(self.method_config),
             "train": dataclasses.asdict(self.train),
             "data": self.data.to_json(),
-            "parent": self.parent,
+            "parent": dataclasses.asdict(self.parent) if self.parent else None,
             "notes": dict(self.notes),
         }
 
@@ -96,7 +107,9 @@ class TrainSpec:
             ),
             train=strict_from_json(TrainConfig, data["train"], what="training spec train"),
             data=strict_from_json(ConvertSpec, data["data"], what="training spec data"),
-            parent=_typed(data.get("parent"), (str, type(None)), "parent"),
+            parent=None
+            if data.get("parent") is None
+            else strict_from_json(ParentRef, data["parent"], what="training spec parent"),
             notes=_typed(data.get("notes", {}), dict, "notes"),
         )
 

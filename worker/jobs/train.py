@@ -39,6 +39,8 @@ class Prepared:
     train_data: Any
     eval_data: Any
     paths: TrainPaths
+    parent_dir: Path | None = None
+    """`--from`: the parent adapter's artifact, verified against the sha256 pinned at submit."""
 
 
 def prepare(ctx: JobContext) -> Prepared:
@@ -52,6 +54,12 @@ def prepare(ctx: JobContext) -> Prepared:
     with ctx.catalog.session() as s:
         base = s.get_one(BaseModel, spec.data.base_model_id)
     tokenizer = tokenizer_of(ctx.store, base)
+    parent_dir = None
+    if spec.parent is not None:
+        from catalog.integrity import verify_artifact
+
+        label = f"adapter {spec.parent.name} (--from)"
+        parent_dir = verify_artifact(ctx.store, spec.parent.artifact_uri, spec.parent.sha256, label)
     conversion = ensure_conversion(ctx, spec.data, tokenizer)
     return Prepared(
         spec=spec,
@@ -64,6 +72,7 @@ def prepare(ctx: JobContext) -> Prepared:
         paths=TrainPaths(
             checkpoints=ctx.workdir / "checkpoints", tensorboard=ctx.settings.tensorboard_dir(ctx.job.id)
         ),
+        parent_dir=parent_dir,
     )
 
 
@@ -89,7 +98,7 @@ def train_prepared(ctx: JobContext, prep: Prepared) -> tuple[Any, TrainResult, P
     return run_training(
         prep.base_dir, prep.train_data, prep.spec.registered(), prep.spec.method_config, cfg, prep.paths,
         TrainHooks(on_progress=on_progress, should_stop=ctx.cancelled),
-        eval_data=prep.eval_data, trust_remote_code=prep.base.trust_remote_code,
+        eval_data=prep.eval_data, trust_remote_code=prep.base.trust_remote_code, parent=prep.parent_dir,
     )  # fmt: skip
 
 
@@ -128,6 +137,7 @@ def artifact_card(
         "dataset": spec.dataset_ref,
         "template": spec.template_ref,
         "job": ctx.job.id,
+        "parent": f"{spec.parent.name} (sha256 {spec.parent.sha256})" if spec.parent else None,
         "hyperparameters": hyper,
         "metrics": metrics,
         "ft_version": __version__,
@@ -141,9 +151,9 @@ def run_train(ctx: JobContext) -> Finish:
     prep = prepare(ctx)
     spec, cfg, conversion = prep.spec, prep.spec.train, prep.conversion
     ctx.log.info(
-        "training %s: --method %s on %s (%d rows), attempt %d%s",
+        "training %s: --method %s on %s (%d rows), attempt %d%s%s",
         spec.name, spec.method, spec.dataset_ref, len(prep.train_data), ctx.job.attempts,
-        f", {cfg.gpus} GPUs" if cfg.gpus > 1 else "",
+        f", {cfg.gpus} GPUs" if cfg.gpus > 1 else "", f", from {spec.parent.name}" if spec.parent else "",
     )  # fmt: skip
     with ctx.store.staging() as staged:
         if cfg.gpus > 1:  # one process per GPU (torchrun); rank 0 saves the artifact into `staged`
@@ -173,6 +183,7 @@ def run_train(ctx: JobContext) -> Finish:
                 template_id=spec.data.template_id,
                 conversion_id=conversion.id,
                 job_id=ctx.job.id,
+                parent_id=spec.parent.adapter_id if spec.parent else None,
                 hyperparameters=hyper,
                 artifact_uri=artifact.uri,
                 sha256=artifact.sha256,

@@ -12,6 +12,8 @@ A new method is ONE new module here (plus its test), imported at the bottom of t
    - `load_kwargs(cfg, device) -> dict`: how the base is loaded for it (`dtype`, a
      `quantization_config`); `in_compute_dtype` for the common case;
    - `default_lr`, `default_epochs`, `optimizer`: its training defaults (`ft methods list`);
+   - `continues` (None, or why `--from ADAPTER` cannot continue it) and `keeps_on_continue` (the
+     flags a continued adapter may change from its parent's);
    - `artifact`: what it saves and how that is used again: `PEFT`, `FREEZE` or `FULL` from
      worker/methods/artifacts.py, or a new `ArtifactFormat` there;
 3. nothing else: the shared trainer, the jobs, evaluation and the CLI take it from the registry.
@@ -64,6 +66,11 @@ class Method:
     """Default optimizer (TrainConfig.optimizer overrides it)."""
     default_epochs: int = 3
     """Default passes over the data (TrainConfig.epochs overrides it)."""
+    continues: str | None = None
+    """None when `--from ADAPTER` can continue this method's training; else why it cannot."""
+    keeps_on_continue: tuple[str, ...] = ()
+    """Config fields a continued adapter may change from its parent's (they leave the trained tensors'
+    names and shapes alone, e.g. dropout); every other field is the parent's."""
 
     def make_config(self, flags: dict[str, Any] | None = None) -> Any:
         """Build the method's config from a flags dict; unknown keys are refused with the flags it has."""
@@ -71,6 +78,11 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
+
+PROMPT_LEARNING_CONTINUES = (
+    "peft saves a prompt-learning adapter's output embeddings, not its prompt encoder, so its training "
+    "cannot be continued: train a new adapter"
+)
 
 
 def register_method(
@@ -82,6 +94,8 @@ def register_method(
     artifact: ArtifactFormat,
     optimizer: str = "adamw",
     default_epochs: int = 3,
+    continues: str | None = None,
+    keeps_on_continue: tuple[str, ...] = (),
 ) -> Callable[[Prepare], Prepare]:
     """Decorator registering `prepare` under `name`; refuses a name that is already taken."""
     if not isinstance(artifact, ArtifactFormat):
@@ -93,8 +107,9 @@ def register_method(
         if name in METHODS:
             raise ValueError(f"training method {name!r} is already registered")
         METHODS[name] = Method(
-            name, config, prepare, load_kwargs, default_lr, artifact, optimizer, default_epochs
-        )
+            name, config, prepare, load_kwargs, default_lr, artifact, optimizer, default_epochs,
+            continues, keeps_on_continue,
+        )  # fmt: skip
         return prepare
 
     return decorator

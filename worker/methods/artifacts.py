@@ -71,6 +71,9 @@ class ArtifactFormat:
     """Which artifacts of this format can sit on one base together (peft: one peft type)."""
     put_on: Callable[[Any, dict[str, Path]], OnBase] | None = field(default=None, repr=False)
     """put_on(base, {key: artifact_dir}) for one group."""
+    continue_from: Callable[[Any, Path], None] | None = field(default=None, repr=False)
+    """continue_from(prepared_model, parent_dir): the parent's trained tensors into a model its method
+    just prepared, for `--from ADAPTER` (a format that is a whole model is loaded from instead)."""
 
     def save(self, model: Any, out: Path, tokenizer: Any = None, card: dict[str, Any] | None = None) -> None:
         self.write(model, out, tokenizer, dict(card or {}))
@@ -131,6 +134,27 @@ class _PeftOnBase(OnBase):
         return self.peft.unload() if self.kind == "LORA" else self.peft.get_base_model()
 
 
+def _continue_peft(model: Any, parent: Path) -> None:
+    """The parent adapter's tensors into the new (same-shaped) adapter `default`; every trainable
+    tensor must come from the parent, and the parent must have nothing the new adapter lacks."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    check_peft(parent)
+    weights = load_file(parent / "adapter_model.safetensors")
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    result = set_peft_model_state_dict(model, weights)
+    if result.unexpected_keys:
+        raise InvalidInput(
+            f"{parent}: the parent adapter has tensors the new one lacks ({result.unexpected_keys[0]}): "
+            "was it trained with other --target or --rank?"
+        )
+    unchanged = [n for n, p in model.named_parameters() if p.requires_grad and torch.equal(p, before[n])]
+    if len(unchanged) == len(before):
+        raise InvalidInput(f"{parent}: no tensor of the parent adapter matched the new adapter's")
+
+
 PEFT = ArtifactFormat(
     kind="peft",
     library="peft",
@@ -141,6 +165,7 @@ PEFT = ArtifactFormat(
     load=_load_peft,
     group_of=peft_type,
     put_on=_PeftOnBase,
+    continue_from=_continue_peft,
 )
 
 
@@ -238,6 +263,19 @@ class _FreezeOnBase(OnBase):
         return self.base
 
 
+def _continue_freeze(model: Any, parent: Path) -> None:
+    """The parent's trained blocks into the model; it must train exactly the tensors the parent did."""
+    trained = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    saved = sorted(_manifest(parent)["parameters"])
+    if trained != saved:
+        extra = sorted(set(trained) ^ set(saved))
+        raise InvalidInput(
+            f"{parent}: the parent trained other tensors than this model does ({extra[0]}): "
+            "continue it with the parent's --layers / --modules"
+        )
+    apply_freeze(model, parent)
+
+
 FREEZE = ArtifactFormat(
     kind="freeze",
     library="transformers",
@@ -247,6 +285,7 @@ FREEZE = ArtifactFormat(
     write=_write_freeze,
     load=_load_freeze,
     put_on=_FreezeOnBase,
+    continue_from=_continue_freeze,
 )
 
 

@@ -48,6 +48,7 @@ def load_kwargs(cfg: FullConfig, device: torch.device | str) -> dict[str, Any]:
     load_kwargs=load_kwargs,
     default_lr=2e-4,
     artifact=FULL,
+    keeps_on_continue=("precision",),
     default_epochs=4,
 )
 def prepare(model: nn.Module, cfg: FullConfig) -> nn.Module:

@@ -121,6 +121,7 @@ def load_kwargs(cfg: LoraMethodConfig, device: torch.device | str) -> dict[str, 
     load_kwargs=load_kwargs,
     default_lr=2e-3,
     artifact=PEFT,
+    keeps_on_continue=("dropout", "base_bits", "int8_matmul"),
     default_epochs=4,
 )
 def prepare(model: nn.Module, cfg: LoraMethodConfig) -> nn.Module:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from catalog.errors import InvalidInput
-from worker.methods import in_compute_dtype, register_method
+from worker.methods import PROMPT_LEARNING_CONTINUES, in_compute_dtype, register_method
 from worker.methods.artifacts import PEFT
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class PTuningConfig:
     load_kwargs=in_compute_dtype,
     default_lr=6e-2,
     artifact=PEFT,
+    continues=PROMPT_LEARNING_CONTINUES,
     default_epochs=24,
 )
 def prepare(model: nn.Module, cfg: PTuningConfig) -> nn.Module:

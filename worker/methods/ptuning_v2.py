@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from catalog.errors import InvalidInput
-from worker.methods import in_compute_dtype, register_method
+from worker.methods import PROMPT_LEARNING_CONTINUES, in_compute_dtype, register_method
 from worker.methods.artifacts import PEFT
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class PTuningV2Config:
     load_kwargs=in_compute_dtype,
     default_lr=2e-3,
     artifact=PEFT,
+    continues=PROMPT_LEARNING_CONTINUES,
     default_epochs=8,
 )
 def prepare(model: nn.Module, cfg: PTuningV2Config) -> nn.Module:

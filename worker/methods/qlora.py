@@ -78,6 +78,7 @@ def load_kwargs(cfg: QLoraConfig, device: torch.device | str) -> dict[str, Any]:
     default_lr=1e-3,
     default_epochs=4,
     artifact=PEFT,
+    keeps_on_continue=("dropout",),
     optimizer="paged_adamw_8bit",
 )
 def prepare(model: nn.Module, cfg: QLoraConfig) -> nn.Module:

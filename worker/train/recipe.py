@@ -4,7 +4,10 @@
                                          cfg, TrainPaths(ckpt_dir, tb_dir), hooks)
 
 `cfg` arrives resolved (the method's lr, epochs and optimizer filled in at submit, by
-`TrainConfig.with_method_defaults`); nothing is looked up or defaulted again here.
+`TrainConfig.with_method_defaults`); nothing is looked up or defaulted again here. With `parent` (the
+verified artifact directory of `--from ADAPTER`), training starts from the parent's weights: a whole
+model (full) is loaded from it instead of the base, other formats put its tensors into the freshly
+prepared model (`ArtifactFormat.continue_from`). A resumed checkpoint then overrides both.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from catalog.errors import InvalidInput
 from worker.methods import Method
 from worker.models.loading import ParamCounts, count_parameters, default_device, load_base, load_tokenizer
 from worker.models.loading import pad_token_id as tokenizer_pad_id
@@ -42,6 +46,7 @@ def run_training(
     resume: bool = True,
     device: torch.device | str | None = None,
     trust_remote_code: bool = False,
+    parent: Path | None = None,
 ) -> tuple[nn.Module, TrainResult, ParamCounts]:
     """Load the base, make it trainable with `method` and its config, train. Quantised methods are
     refused before anything is loaded when bitsandbytes cannot run on the device."""
@@ -53,10 +58,18 @@ def run_training(
     load_kwargs = method.load_kwargs(method_cfg, device)
     tokenizer = load_tokenizer(base_model_dir, trust_remote_code=trust_remote_code)
     seed_everything(cfg.seed)  # adapter initialisation
-    base = load_base(base_model_dir, device, trust_remote_code=trust_remote_code, **load_kwargs)
+    whole = parent is not None and not method.artifact.shares_base
+    weights_dir = parent if whole else base_model_dir
+    base = load_base(weights_dir, device, trust_remote_code=trust_remote_code, **load_kwargs)
     if cfg.fused_kernels:
         log.info("%s", apply_fused_kernels(base))
     model = method.prepare(base, method_cfg)
+    if parent is not None and not whole:
+        if method.artifact.continue_from is None:
+            raise InvalidInput(f"--method {method.name} artifacts cannot be continued (--from)")
+        method.artifact.continue_from(model, parent)
+    if parent is not None:
+        log.info("continuing from %s", parent)
     counts = count_parameters(model)
     result = train(
         model, train_data, cfg, out=paths, hooks=hooks, pad_id=tokenizer_pad_id(tokenizer),
