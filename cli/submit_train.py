@@ -42,6 +42,8 @@ def _options(f: Any) -> Any:
                      "[default of --method, --model, --dataset, --template: the parent's]."),
         click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
                      help="YAML file of flat keys (any flag's name with _); flags override it."),
+        click.option("--dry-run", is_flag=True, help="Resolve and check everything, print the spec and what "
+                     "the length limits do to the rows; queue nothing."),
         click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Set any option, e.g. -o warmup_ratio=0.1 -o scheduler=linear (repeatable)."),
         *dataclass_options([(None, ConvertSpec)], only=DATA_KEYS),
@@ -118,6 +120,32 @@ def parent_defaults(app: AppContext, name: str) -> dict[str, Any]:
         return {"method": parent.method, "model": parent.base_model.name, "dataset": parent.dataset.ref}
 
 
+def row_lengths(app: AppContext, session: Any, spec: Any) -> Any:
+    """What --max-len and --max-source-len do to the train split (datasets_prep.length_report), or None
+    (one line on stderr saying why) when the tokenizer cannot be loaded on this machine."""
+    from catalog.errors import NotFound
+    from catalog.models import BaseModel
+    from datasets_prep.length_report import length_report
+    from worker.models.directories import tokenizer_of
+
+    base = session.get_one(BaseModel, spec.data.base_model_id)
+    try:
+        return length_report(
+            session, app.store, spec.data, "train", tokenizer_for=lambda: tokenizer_of(app.store, base)
+        )
+    except (OSError, ValueError, NotFound) as exc:  # e.g. a model whose files are only on the workers
+        click.echo(f"row lengths not checked: {str(exc).splitlines()[0]}", err=True)
+        return None
+
+
+def _sampled(max_samples: int | None, rows: int) -> str:
+    return (
+        f"; --max-samples {max_samples}: {max_samples:,} of them are trained on"
+        if max_samples and max_samples < rows
+        else ""
+    )
+
+
 def default_adapter_name(app: AppContext, dataset: str, method: str) -> str:
     from catalog.adapters import check_adapter_name_free
     from catalog.errors import Conflict
@@ -138,8 +166,9 @@ def default_adapter_name(app: AppContext, dataset: str, method: str) -> str:
 @_options
 @submit_options(default_queue="gpu")
 @pass_app
-def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...], priority: int, queue: str,
-          idempotency_key: str | None, wait: bool, as_json: bool, **flags: Any) -> None:  # fmt: skip
+def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...], dry_run: bool,
+          priority: int, queue: str, idempotency_key: str | None, wait: bool, as_json: bool,
+          **flags: Any) -> None:  # fmt: skip
     """Train an adapter with --method on a worker and register it.
 
     Methods: freeze, ptuning, ptuning-v2, lora (--dora, --base-bits 8), qlora, full.
@@ -154,6 +183,8 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
         ft submit train --method freeze --layers 4 -m smol -d faults --lr 5e-5
         ft submit train --config recipe.yaml -o lr=1e-4 -o warmup_ratio=0.1
         ft submit train --from faults-lora -d faults-2025 --epochs 2 --name faults-lora-2025
+        ft submit train --method lora -m smol -d faults --max-len 512 --dry-run
+        ft submit train --method lora -m smol -d faults --max-samples 200 --epochs 1
     """
     from worker.resolve import resolve_train_spec
 
@@ -181,6 +212,22 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
             **{k: job[k] for k in DATA_KEYS if job.get(k) is not None}, store=app.store,
             parent=job.get("parent"),
         )  # fmt: skip
+        report = row_lengths(app, s, spec)
+    if report is not None:  # stderr: --json keeps stdout to the JSON
+        click.echo(report.line() + _sampled(spec.train.max_samples, report.rows), err=True)
+    if dry_run:
+        from cli.output import print_json
+
+        if as_json:
+            print_json({"spec": spec.to_json(), "lengths": report.to_json() if report else None})
+        else:
+            click.echo(yaml.safe_dump(spec.to_json(), sort_keys=False, allow_unicode=True), nl=False)
+            click.echo("dry run: nothing was queued", err=True)
+        return
+    if report is not None:
+        from datasets_prep.length_report import check_lengths
+
+        check_lengths(report)
     job_row = enqueue(
         app, "train", spec.to_json(), queue=queue, priority=priority, idempotency_key=idempotency_key,
         adapter_name=spec.name,

@@ -151,8 +151,9 @@ def run_train(ctx: JobContext) -> Finish:
     prep = prepare(ctx)
     spec, cfg, conversion = prep.spec, prep.spec.train, prep.conversion
     ctx.log.info(
-        "training %s: --method %s on %s (%d rows), attempt %d%s%s",
-        spec.name, spec.method, spec.dataset_ref, len(prep.train_data), ctx.job.attempts,
+        "training %s: --method %s on %s (%d rows%s), attempt %d%s%s",
+        spec.name, spec.method, spec.dataset_ref, len(prep.train_data),
+        f", --max-samples {cfg.max_samples}" if cfg.max_samples else "", ctx.job.attempts,
         f", {cfg.gpus} GPUs" if cfg.gpus > 1 else "", f", from {spec.parent.name}" if spec.parent else "",
     )  # fmt: skip
     with ctx.store.staging() as staged:

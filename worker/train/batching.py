@@ -41,6 +41,14 @@ class Rows:
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
 
+    def sample(self, n: int | None, seed: int) -> Rows:
+        """`n` rows drawn with `seed`, in their original order (all of them when n is None or larger)."""
+        if n is None or n >= len(self):
+            return self
+        keep = sorted(random.Random(seed).sample(range(len(self)), n))
+        pick = lambda column: [column[i] for i in keep]  # noqa: E731
+        return Rows(pick(self.input_ids), pick(self.labels), pick(self.targets), self.skipped)
+
 
 def load_rows(data: Any, max_len: int | None = None, *, what: str = "training data") -> Rows:
     """Read `input_ids`/`labels` columns from a datasets.Dataset (or a dict of lists) into memory, cut to

@@ -47,6 +47,9 @@ class TrainConfig:
     of 2048 tokens, the memory of the old default, and a whole step of the fault reports' short rows."""
     seed: int = 42
     """Seed of adapter initialisation, data order and dropout (--seed)."""
+    max_samples: int | None = None
+    """Train on N rows of the train split, drawn with --seed (--max-samples): try a recipe on a slice
+    before the whole run; None: every row."""
     save_steps: int = 200
     """Write a checkpoint every N optimizer steps, and at the end (--save-steps)."""
     save_total_limit: int = 2
@@ -85,6 +88,8 @@ class TrainConfig:
             _whole(self.epochs, "--epochs", minimum=1)
         if self.max_steps is not None:
             _whole(self.max_steps, "--max-steps", minimum=1)
+        if self.max_samples is not None:
+            _whole(self.max_samples, "--max-samples", minimum=1)
         if self.lr is not None and not (isinstance(self.lr, int | float) and 0 < self.lr < 1):
             raise InvalidInput(f"--lr must be a number in (0, 1) (got {self.lr!r})")
         _whole(self.batch_size, "--batch-size", minimum=1)

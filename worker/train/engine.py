@@ -278,7 +278,7 @@ def train(
     hooks = hooks or TrainHooks()
     ranks = Ranks.current()
     device = model_device(model)
-    rows = load_rows(train_data)
+    rows = load_rows(train_data).sample(cfg.max_samples, cfg.seed)
     eval_rows = load_rows(eval_data, what="evaluation data") if eval_data is not None else None
     plan = StepPlan(rows, cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.epochs, cfg.max_steps)
     fingerprint = _fingerprint(cfg, rows, plan)
