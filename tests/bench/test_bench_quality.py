@@ -66,7 +66,10 @@ def test_smoke_run_through_the_real_commands(tiny_model_dir, tmp_path, monkeypat
     record = json.loads(out.read_text(encoding="utf-8"))
     assert record["smoke"] and record["commit"] and record["device"] == "cpu" and record["versions"]["peft"]
     names = sorted(record["adapters"])
-    assert names == ["faults-ptuning-s1", "faults-ptuning-s42", "faults-ptuning-vt128-s42"]
+    candidates = [c for c, spec in bench.load_recipes()["candidates"].items() if spec["against"] == "ptuning"]
+    assert candidates and names == sorted(
+        ["faults-ptuning-s1", "faults-ptuning-s42", *(f"faults-{c}-s42" for c in candidates)]
+    )
     for adapter in record["adapters"].values():
         assert "validation" in adapter and adapter["spec"]["data"]["max_source_len"] == 192  # 3/4 of 256
         assert ("test" in adapter) == adapter["default"]  # candidates are never scored on test
@@ -76,7 +79,7 @@ def test_smoke_run_through_the_real_commands(tiny_model_dir, tmp_path, monkeypat
         )
     (row,) = [r for r in record["rows"] if r["variant"] == "ptuning"]
     assert row["seeds"] == [42, 1] and len(row["test"]["values"]) == 2 and row["test"]["std"] >= 0
-    assert set(record["selection"]) == {"ptuning-vt128"}
+    assert set(record["selection"]) == set(candidates)
     assert set(record["base"]) == {"validation", "test"}
     assert "| ptuning | `--method ptuning` | 42, 1 |" in record["markdown"]
     assert any(
@@ -114,7 +117,7 @@ def test_previous_results_take_only_adapters_scored_on_every_split_they_need(tmp
                   "faults-lora-s42": entry("lora", 42, validation=scored, test=scored),
                   "faults-lora-s1": entry("lora", 1),  # trained, never evaluated
                   "faults-full-s1": entry("full", 1, validation=scored),  # test evaluation cut off
-                  "faults-ptuning-vt128-s42": entry("ptuning-vt128", 42, default=False, validation=scored),
+                  "faults-ptuning-e32-s42": entry("ptuning-e32", 42, default=False, validation=scored),
               }}  # fmt: skip
     previous = tmp_path / "previous.json"
     previous.write_text(json.dumps(record), encoding="utf-8")
@@ -122,5 +125,5 @@ def test_previous_results_take_only_adapters_scored_on_every_split_they_need(tmp
         ["--model-dir", str(tmp_path), "--home", str(tmp_path / "home"), "--previous", str(previous)]
     )
     taken = bench.Bench(args, recipes).previous
-    assert sorted(taken) == ["faults-lora-s42", "faults-ptuning-vt128-s42"]
+    assert sorted(taken) == ["faults-lora-s42", "faults-ptuning-e32-s42"]
     assert taken["faults-lora-s42"]["from"] == "previous.json" and taken["faults-lora-s42"]["commit"] == "abc"
