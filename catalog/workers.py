@@ -31,6 +31,7 @@ GONE_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
 """A worker whose `last_seen` is older than this is shown as gone, its GPUs free."""
 
 GPU_KEYS = ("index", "model", "class", "memory_bytes")
+USAGE_KEYS = ("utilization", "memory_used_bytes")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class GpuView:
     job_kind: str | None = None
     submitted_by: str | None = None
     progress: dict[str, Any] | None = None
+    utilization: int | None = None
+    """Percent of the last sample period the GPU was busy (NVML), from the last heartbeat; None
+    where NVML has no reading (declared GPUs, no driver) or the worker is not alive."""
+    memory_used_bytes: int | None = None
+    """Device memory in use by every process on the GPU (NVML), from the last heartbeat."""
 
 
 @dataclass(frozen=True)
@@ -99,11 +105,21 @@ def register_worker(
     return worker
 
 
-def heartbeat(session: Session, worker_id: int, *, now: dt.datetime | None = None) -> None:
-    """The worker is alive now; GPUs whose job no longer runs on this worker are freed."""
+def heartbeat(
+    session: Session,
+    worker_id: int,
+    *,
+    now: dt.datetime | None = None,
+    usage: Mapping[int, Mapping[str, int]] | None = None,
+) -> None:
+    """The worker is alive now; GPUs whose job no longer runs on this worker are freed. `usage` maps a
+    GPU index to its NVML reading ({"utilization": %, "memory_used_bytes": n}, worker.jobs.gpus)."""
     worker = _locked(session, worker_id)
     now = now or utcnow()
     worker.last_seen = now
+    if usage:
+        read = {i: {k: reading.get(k) for k in USAGE_KEYS} for i, reading in usage.items()}
+        worker.gpus = [{**g, **read.get(g["index"], {})} for g in worker.gpus]
     held = {g["job_id"] for g in worker.gpus if g["job_id"] is not None}
     if not held:
         return
@@ -277,7 +293,7 @@ def list_workers(
                 started_at=w.started_at,
                 last_seen=w.last_seen,
                 stopped_at=w.stopped_at,
-                gpus=[_gpu_view(g, jobs.get(g["job_id"]) if state == "alive" else None) for g in w.gpus],
+                gpus=[_gpu_view(g, jobs.get(g["job_id"]), state == "alive") for g in w.gpus],
             )
         )
     views.sort(key=lambda v: (v.state != "alive", v.name))
@@ -300,11 +316,13 @@ def get_worker(session: Session, worker_id: int) -> Worker:
     return worker
 
 
-def _gpu_view(gpu: Mapping[str, Any], job: Job | None) -> GpuView:
+def _gpu_view(gpu: Mapping[str, Any], job: Job | None, alive: bool) -> GpuView:
     base = dict(
         index=gpu["index"], model=gpu["model"], gpu_class=gpu["class"], memory_bytes=gpu["memory_bytes"]
     )
-    if job is None or job.status != "running":
+    if alive:  # a gone or stopped worker's last readings say nothing about now
+        base.update({k: gpu.get(k) for k in USAGE_KEYS})
+    if not alive or job is None or job.status != "running":
         return GpuView(**base)
     return GpuView(
         **base,

@@ -89,7 +89,7 @@ def worker(
         FT_BROKER_URL=redis://queue-host:6379/0 ft worker --queues cpu,gpu
     """
     from worker.jobs.celery_app import make_celery
-    from worker.jobs.gpus import GpuSpecError, discover_gpus, select_gpus
+    from worker.jobs.gpus import FAKE_ENV, GpuSpecError, discover_gpus, nvml_usage, select_gpus
     from worker.jobs.messages import check_broker, declare_queues, redact
     from worker.jobs.pool import WorkerPresence, default_concurrency
 
@@ -117,7 +117,8 @@ def worker(
             "so that each job gets a GPU of its own",
             err=True,
         )
-    with WorkerPresence(catalog, hostname, host, queues, gpus) as presence:
+    measure = None if os.environ.get(FAKE_ENV, "").strip() else nvml_usage  # declared GPUs: no readings
+    with WorkerPresence(catalog, hostname, host, queues, gpus, measure=measure) as presence:
         celery.conf.ft_pool = presence.config(hide_gpus=gpu_choice.strip().lower() == "none")
         exitcode = _run(celery, hostname, queues, concurrency, loglevel)
     click.echo(f"ft worker {hostname} stopped", err=True)

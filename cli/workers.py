@@ -34,8 +34,10 @@ def _options(f):
 @_options
 @pass_app
 def list_(app: AppContext, as_json: bool, running: bool) -> None:
-    """List workers (alive first) and their GPUs: class, memory, the job on each, who submitted it and
-    its progress. A worker that missed three heartbeats (30 s) is shown as gone, its GPUs free.
+    """List workers (alive first) and their GPUs: class, memory (in use / total), utilisation, the job on
+    each, who submitted it and its progress. Memory in use and utilisation are NVML's readings at the
+    last heartbeat (none for declared GPUs). A worker that missed three heartbeats (30 s) is shown as
+    gone, its GPUs free.
 
     \b
     Example:
@@ -67,10 +69,14 @@ def _show(app: AppContext, as_json: bool, running: bool) -> None:
         print_json([v.to_dict() for v in views])
         return
     print_table(
-        ["worker", "state", "queues", "gpu", "class", "memory", "job", "user", "progress"],
+        ["worker", "state", "queues", "gpu", "class", "memory", "util", "job", "user", "progress"],
         [row for v in views for row in _rows(v, now)],
         empty="(no workers: start one with `ft worker`)",
     )
+
+
+def _memory(used: int | None, total: int) -> str:
+    return human_bytes(total) if used is None else f"{human_bytes(used)} / {human_bytes(total)}"
 
 
 def _rows(view: WorkerView, now: dt.datetime) -> list[list[object]]:
@@ -79,7 +85,7 @@ def _rows(view: WorkerView, now: dt.datetime) -> list[list[object]]:
         state += f" {human_seconds((now - (view.stopped_at or view.last_seen)).total_seconds())} ago"
     head = [view.name, state, ",".join(view.queues)]
     if not view.gpus:
-        return [[*head, "-", "", "", "", "", ""]]
+        return [[*head, "-", "", "", "", "", "", ""]]
     rows = []
     for i, gpu in enumerate(view.gpus):
         rows.append(
@@ -87,7 +93,8 @@ def _rows(view: WorkerView, now: dt.datetime) -> list[list[object]]:
                 *(head if i == 0 else ["", "", ""]),
                 gpu.index,
                 gpu.gpu_class,
-                human_bytes(gpu.memory_bytes),
+                _memory(gpu.memory_used_bytes, gpu.memory_bytes),
+                f"{gpu.utilization}%" if gpu.utilization is not None else "-",
                 gpu.job_id if gpu.job_id is not None else "free",
                 gpu.submitted_by,
                 format_progress(gpu.progress),

@@ -166,3 +166,34 @@ def test_racing_claims_never_share_a_gpu(jobs_catalog):  # noqa: F811
     claimed = [g for g in got.values() if g is not None]
     assert sorted(claimed) == [0, 1, 2, 3], got  # four claims succeed, on distinct GPUs; two find none
     assert sorted(j for j in jobs_on_gpus(jobs_catalog)) == sorted(j for j, g in got.items() if g is not None)
+
+
+def test_heartbeat_records_gpu_readings_shown_only_while_the_worker_is_alive(jobs_catalog):  # noqa: F811
+    worker_id = register(jobs_catalog)
+    (view,) = pool(jobs_catalog)
+    assert [(g.utilization, g.memory_used_bytes) for g in view.gpus] == [(None, None), (None, None)]
+    with jobs_catalog.session() as s:  # GPU 1 gave no reading (e.g. fell off the bus): it keeps none
+        heartbeat(s, worker_id, usage={0: {"utilization": 87, "memory_used_bytes": 61 << 30}})
+    (view,) = pool(jobs_catalog)
+    assert [(g.utilization, g.memory_used_bytes) for g in view.gpus] == [(87, 61 << 30), (None, None)]
+    assert view.to_dict()["gpus"][0]["utilization"] == 87
+    with jobs_catalog.session() as s:
+        heartbeat(s, worker_id, usage={0: {"utilization": 3, "memory_used_bytes": 1 << 30}})
+    (view,) = pool(jobs_catalog)
+    assert view.gpus[0].utilization == 3  # the latest reading, not the first
+    late = utcnow() + dt.timedelta(seconds=GONE_AFTER_SECONDS + 5)
+    (view,) = pool(jobs_catalog, now=late)
+    assert view.state == "gone" and view.gpus[0].utilization is None  # a stale reading says nothing
+
+
+def test_the_pool_listing_shows_utilisation_and_memory_in_use(catalog, ft):
+    from catalog.workers import heartbeat, register_worker
+
+    with catalog.session() as s:
+        worker = register_worker(s, NAME, "host-a", 1, ["gpu"], GPUS)
+        heartbeat(s, worker.id, usage={1: {"utilization": 42, "memory_used_bytes": 20 << 30}})
+    out = ft("workers", "list").output
+    row = next(line for line in out.splitlines() if " 1 " in line and "h100-80gb" in line)
+    assert "42%" in row and "20.0 GiB / 80.0 GiB" in row
+    other = next(line for line in out.splitlines() if NAME in line)
+    assert " - " in other  # GPU 0: no reading

@@ -117,12 +117,13 @@ def board(tmp_path_factory, tiny_model_dir):
     catalog.dispose()
 
 
-def alive(board: Board) -> None:
-    """Heartbeat the fake worker, so that it is shown alive however long the tests before took."""
+def alive(board: Board, usage: dict | None = None) -> None:
+    """Heartbeat the fake worker, so that it is shown alive however long the tests before took (with
+    `usage`, the NVML readings a worker with real GPUs would send)."""
     from catalog.workers import heartbeat
 
     with board.catalog.session() as s:
-        heartbeat(s, board.worker_id)
+        heartbeat(s, board.worker_id, usage=usage)
 
 
 def fetch(url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None):

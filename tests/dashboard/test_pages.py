@@ -45,7 +45,7 @@ def no_script_ran(driver) -> None:
 
 
 def test_pool_shows_workers_gpus_the_job_on_each_and_who_submitted_it(board, browser):
-    alive(board)
+    alive(board, usage={1: {"utilization": 87, "memory_used_bytes": 61 << 30}})
     browser.get(board.url + "/pool")
     rows = browser.find_elements(By.CSS_SELECTOR, "#pool-table tbody tr")
     assert len(rows) == 2  # one row per GPU
@@ -53,6 +53,7 @@ def test_pool_shows_workers_gpus_the_job_on_each_and_who_submitted_it(board, bro
     assert "ft-7@gpu-host-1" in first and "alive" in first and "gpu, cpu" in first
     assert "NVIDIA H200" in first and "h200-141gb" in first and "141.0 GiB" in first and "free" in first
     assert f"job {board.running_job} train" in second and "bob" in second
+    assert "87%" in second and "61.0 GiB / 141.0 GiB" in second and "%" not in first
     assert "12/50 steps (24%)" in second and "loss=2.5" in second
     assert text_of(browser, "#pool-summary") == "1 worker(s), 1 of 2 live GPU(s) busy"
     screenshot(browser, "pool")

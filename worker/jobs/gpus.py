@@ -116,6 +116,38 @@ def nvml_gpus() -> list[Gpu]:
             pass
 
 
+def nvml_usage(indices: list[int]) -> dict[int, dict[str, int]]:
+    """Each GPU's utilisation (% of the last sample period a kernel ran) and memory in use, from NVML;
+    {} where `pynvml` is missing or NVML does not start. Declared (`FT_FAKE_GPUS`) GPUs have no reading:
+    the caller asks only for GPUs NVML found."""
+    if not indices:
+        return {}
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return {}
+    found: dict[int, dict[str, int]] = {}
+    try:
+        for i in indices:
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            except Exception:  # one GPU fallen off the bus must not hide the others
+                continue
+            found[i] = {"utilization": int(rates.gpu), "memory_used_bytes": int(memory.used)}
+        return found
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
 def discover_gpus(environ: Mapping[str, str]) -> list[Gpu]:
     """`FT_FAKE_GPUS` when set (non-empty), else NVML."""
     fake = environ.get(FAKE_ENV, "").strip()

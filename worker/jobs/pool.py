@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -74,9 +74,12 @@ class WorkerPresence:
         gpus: Sequence[Gpu],
         *,
         interval: float = HEARTBEAT_SECONDS,
+        measure: Callable[[list[int]], dict[int, dict[str, int]]] | None = None,
     ):
+        """`measure(indices)` reads the GPUs' utilisation and memory in use for each heartbeat
+        (worker.jobs.gpus.nvml_usage for GPUs NVML found; None for declared ones)."""
         self.catalog, self.name, self.host, self.queues, self.gpus = catalog, name, host, queues, gpus
-        self.interval = interval
+        self.interval, self.measure = interval, measure
         self.worker_id: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-worker-{name}", daemon=True)
@@ -109,8 +112,9 @@ class WorkerPresence:
         assert self.worker_id is not None
         while not self._stop.wait(self.interval):
             try:
+                usage = self.measure([g.index for g in self.gpus]) if self.measure else None
                 with self.catalog.session() as s:
-                    heartbeat(s, self.worker_id)
+                    heartbeat(s, self.worker_id, usage=usage)
             except Exception as error:  # the catalog may come back; until then the worker looks gone
                 logger.warning("worker heartbeat failed, will retry: %s", error)
 
