@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from catalog.errors import NotFound
@@ -32,6 +32,8 @@ GONE_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
 
 GPU_KEYS = ("index", "model", "class", "memory_bytes")
 USAGE_KEYS = ("utilization", "memory_used_bytes")
+CLAIM_LOCK_KEY = 0x66745F67707573
+"""PostgreSQL advisory lock that serialises GPU claims across workers (so a per-user cap holds)."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,39 @@ CLAIM_GRACE_SECONDS = 60.0
 lease claim) stays held this long; after that the claim is stale and the GPU free."""
 
 
+@dataclass(frozen=True)
+class GpuNeed:
+    """What a job asks of the GPUs it runs on: how many (a gang, all on one worker), of which class
+    (`h100-80gb`) or at least how much memory each, and the per-user cap it counts against."""
+
+    count: int = 1
+    gpu_class: str | None = None
+    min_memory_bytes: int | None = None
+    user: str | None = None
+    user_cap: int | None = None
+    """At most this many GPUs of the pool held at once by `user`'s jobs (FT_MAX_GPUS_PER_USER)."""
+
+    def fits(self, gpu: Mapping[str, Any]) -> bool:
+        return (self.gpu_class is None or gpu["class"] == self.gpu_class) and (
+            self.min_memory_bytes is None or gpu["memory_bytes"] >= self.min_memory_bytes
+        )
+
+    @property
+    def picky(self) -> bool:
+        return self.gpu_class is not None or self.min_memory_bytes is not None
+
+    def describe(self) -> str:
+        kind = " ".join(
+            part
+            for part in (
+                self.gpu_class and f"of class {self.gpu_class}",
+                self.min_memory_bytes and f"with at least {self.min_memory_bytes / (1 << 30):.0f} GiB",
+            )
+            if part
+        )
+        return f"{self.count} GPU{'s' if self.count > 1 else ''}" + (f" {kind}" if kind else "")
+
+
 def claim_gpus(
     session: Session,
     worker_id: int,
@@ -189,20 +224,60 @@ def claim_gpus(
     first when free. Returns the GPU indexes (ascending), or None when fewer than `count` are free. A GPU
     is free when it holds no job, or its job is neither running nor claimed in the last
     CLAIM_GRACE_SECONDS."""
+    got = claim_for(session, worker_id, job_id, GpuNeed(count), prefer=prefer, now=now)
+    return got if isinstance(got, list) else None
+
+
+def claim_for(
+    session: Session,
+    worker_id: int,
+    job_id: int,
+    need: GpuNeed,
+    *,
+    prefer: int | None = None,
+    now: dt.datetime | None = None,
+) -> list[int] | str:
+    """`claim_gpus` for a `GpuNeed`: the claimed GPU indexes, or why not (the waiting reason `ft jobs
+    list` shows): this worker has no GPUs that fit, the user's cap is reached, or too few are free. The
+    cap is counted and the GPUs claimed in one transaction that no other claim interleaves with."""
     now = now or utcnow()
+    if session.get_bind().dialect.name == "postgresql":  # SQLite: the worker's row lock below is global
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLAIM_LOCK_KEY})
     worker = _locked(session, worker_id)
     gpus = worker.gpus
+    fitting = [g for g in gpus if need.fits(g)]
+    if len(fitting) < need.count:
+        have = ", ".join(sorted({g["class"] for g in gpus})) or "no GPUs"
+        return f"needs {need.describe()}; worker {worker.name} has {len(gpus)} ({have})"
+    if need.user_cap is not None and need.user is not None:
+        held = gpus_held_by(session, need.user, job_id, now)
+        if held + need.count > need.user_cap:
+            return f"{need.user} holds {held} GPU(s) of the pool; FT_MAX_GPUS_PER_USER is {need.user_cap}"
     busy = _busy_gpus(session, gpus, job_id, now)
-    free = [g["index"] for g in gpus if g["index"] not in busy]
-    if len(free) < count:
-        return None
+    free = [g["index"] for g in fitting if g["index"] not in busy]
+    if len(free) < need.count:
+        return f"waiting for {need.describe().replace('GPU', 'free GPU', 1)} on worker {worker.name}"
     if prefer in free:
         free.remove(prefer)
         free.insert(0, prefer)
-    chosen = set(free[:count])
+    chosen = set(free[: need.count])
     stamp = now.isoformat()
     worker.gpus = [{**g, "job_id": job_id, "claimed_at": stamp} if g["index"] in chosen else g for g in gpus]
     return sorted(chosen)
+
+
+def gpus_held_by(session: Session, user: str, except_job: int, now: dt.datetime) -> int:
+    """GPUs of live workers held by `user`'s jobs (running, or claimed in the last CLAIM_GRACE_SECONDS)."""
+    held = 0
+    for view in list_workers(session, now=now, include_stopped=False):
+        if not view.alive:
+            continue
+        worker = session.get_one(Worker, view.id)
+        busy = _busy_gpus(session, worker.gpus, except_job, now)
+        jobs = {g["job_id"] for g in worker.gpus if g["index"] in busy}
+        users = dict(session.execute(select(Job.id, Job.submitted_by).where(Job.id.in_(jobs))).tuples().all())
+        held += sum(1 for g in worker.gpus if g["index"] in busy and users.get(g["job_id"]) == user)
+    return held
 
 
 def gang_gpus(session: Session, worker_id: int) -> set[int]:
@@ -300,13 +375,20 @@ def list_workers(
     return views
 
 
-def listening(session: Session, queue: str, gpus: int = 1) -> bool:
+def listening(session: Session, queue: str, gpus: int = 1, need: GpuNeed | None = None) -> bool:
     """Whether a live worker takes `queue` now and can run a job of `gpus` GPUs (it has that many, or
-    none: then the job's processes run on its CPU); else a job sent there waits."""
-    return any(
-        w.alive and queue in w.queues and (gpus <= 1 or not w.gpus or len(w.gpus) >= gpus)
-        for w in list_workers(session, include_stopped=False)
-    )
+    none: then the job's processes run on its CPU), or of `need` (that many GPUs that fit it; a CPU
+    worker never fits a need for a kind of GPU); else a job sent there waits."""
+    for w in list_workers(session, include_stopped=False):
+        if not (w.alive and queue in w.queues):
+            continue
+        if need is not None and need.picky:
+            fitting = [g for g in w.gpus if need.fits({"class": g.gpu_class, "memory_bytes": g.memory_bytes})]
+            if len(fitting) >= need.count:
+                return True
+        elif gpus <= 1 or not w.gpus or len(w.gpus) >= gpus:
+            return True
+    return False
 
 
 def get_worker(session: Session, worker_id: int) -> Worker:

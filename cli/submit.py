@@ -97,22 +97,32 @@ def enqueue(
     )  # fmt: skip
     if created:
         send_or_fail(make_celery(settings), app.catalog, job)
-        gpus = int(spec.get("train", {}).get("gpus", 1) or 1) if kind == "train" else 1
-        if warning := nobody_listens(app, queue, gpus):
+        train = spec.get("train", {}) if kind == "train" else {}
+        if warning := nobody_listens(app, queue, int(train.get("gpus", 1) or 1), train):
             click.echo(warning, err=True)
     else:
         click.echo(already(job, idempotency_key), err=True)
     return job
 
 
-def nobody_listens(app: AppContext, queue: str, gpus: int = 1) -> str | None:
-    """A warning when no live worker takes `queue` (the job then waits), naming the command to run."""
-    from catalog.workers import listening
+def nobody_listens(app: AppContext, queue: str, gpus: int = 1, train: dict | None = None) -> str | None:
+    """A warning when no live worker takes `queue` or has the GPUs the job asks for (`--gpus`,
+    `--gpu-class`, `--min-gpu-memory`): the job then waits. It names the command that would help."""
+    from catalog.workers import GpuNeed, listening
+    from worker.jobs.gpus import parse_size
 
+    train = train or {}
+    memory = train.get("min_gpu_memory")
+    need = GpuNeed(gpus, train.get("gpu_class"), parse_size(memory, "--min-gpu-memory") if memory else None)
     with app.catalog.session() as s:
-        if listening(s, queue, gpus):
+        if listening(s, queue, gpus, need):
             return None
-        if gpus > 1 and listening(s, queue):
+        if listening(s, queue):
+            if need.picky:
+                return (
+                    f"warning: no running worker on queue {queue!r} has {need.describe()} (`ft workers "
+                    "list`): the job waits until one does (`ft worker --gpus all` on such a host)"
+                )
             return (
                 f"warning: no running worker on queue {queue!r} has {gpus} GPUs (`ft workers list`): the "
                 f"job waits until one does (`ft worker --gpus all` on a host with {gpus} or more)"

@@ -62,7 +62,7 @@ def _parse_queues(ctx: click.Context, param: click.Parameter, value: str | None)
     default="INFO",
     show_default=True,
 )
-@click.option("--name", help="Worker name  [default: ft-PID@HOST]")
+@click.option("--name", help="Worker name; a NAME without @ becomes NAME@HOST  [default: ft-PID@HOST]")
 @pass_app
 def worker(
     app: AppContext,
@@ -105,6 +105,8 @@ def worker(
     declare_queues(celery, queues)
     host = socket.gethostname()
     hostname = name or f"ft-{os.getpid()}@{host}"
+    if "@" not in hostname:  # Celery names a node NAME@HOST; the catalog's row must carry the same name
+        hostname = f"{hostname}@{host}"
     shown = ", ".join(f"{g.index}:{g.gpu_class}" for g in gpus) or "none"
     click.echo(
         f"ft worker {hostname}: queues {','.join(queues)}, concurrency {concurrency}, "

@@ -10,7 +10,7 @@ import pytest
 
 from catalog.errors import NotFound
 from catalog.jobs import claim_job, finish_job
-from catalog.models import utcnow
+from catalog.models import Job, utcnow
 from catalog.workers import (
     GONE_AFTER_SECONDS,
     claim_gpu,
@@ -197,3 +197,77 @@ def test_the_pool_listing_shows_utilisation_and_memory_in_use(catalog, ft):
     assert "42%" in row and "20.0 GiB / 80.0 GiB" in row
     other = next(line for line in out.splitlines() if NAME in line)
     assert " - " in other  # GPU 0: no reading
+
+
+MIXED = [
+    {"index": 0, "model": "NVIDIA A10", "class": "a10-24gb", "memory_bytes": 24 << 30},
+    {"index": 1, "model": "NVIDIA H100 80GB HBM3", "class": "h100-80gb", "memory_bytes": 80 << 30},
+]
+
+
+def test_a_need_for_a_class_or_memory_takes_only_gpus_that_fit(jobs_catalog):  # noqa: F811
+    from catalog.workers import GpuNeed, claim_for
+
+    worker_id = register(jobs_catalog, gpus=MIXED)
+    first, second, third, fourth = (new_job(jobs_catalog) for _ in range(4))
+    with jobs_catalog.session() as s:
+        assert claim_for(s, worker_id, first, GpuNeed(1, gpu_class="h100-80gb"), prefer=0) == [1]
+    with jobs_catalog.session() as s:  # the only fitting GPU is claimed: wait, saying for what
+        why = claim_for(s, worker_id, second, GpuNeed(1, min_memory_bytes=40 << 30))
+        assert why == f"waiting for 1 free GPU with at least 40 GiB on worker {NAME}"
+        why = claim_for(s, worker_id, third, GpuNeed(2, gpu_class="a10-24gb"))
+        assert why == f"needs 2 GPUs of class a10-24gb; worker {NAME} has 2 (a10-24gb, h100-80gb)"
+        assert claim_for(s, worker_id, fourth, GpuNeed(1, gpu_class="a10-24gb")) == [0]
+
+
+def test_the_per_user_cap_counts_gpus_across_workers(jobs_catalog):  # noqa: F811
+    from catalog.workers import GpuNeed, claim_for
+
+    a, b = register(jobs_catalog, "ft-1@a"), register(jobs_catalog, "ft-2@b")
+    alice = [new_job(jobs_catalog) for _ in range(3)]
+    with jobs_catalog.session() as s:
+        for job_id in alice:
+            s.get_one(Job, job_id).submitted_by = "alice"
+    capped = GpuNeed(1, user="alice", user_cap=2)
+    with jobs_catalog.session() as s:
+        assert claim_for(s, a, alice[0], capped) == [0]
+    with jobs_catalog.session() as s:
+        assert claim_for(s, b, alice[1], capped) == [0]  # another worker: the cap is the pool's
+    with jobs_catalog.session() as s:
+        assert (
+            claim_for(s, a, alice[2], capped) == "alice holds 2 GPU(s) of the pool; FT_MAX_GPUS_PER_USER is 2"
+        )
+    bob = new_job(jobs_catalog)
+    with jobs_catalog.session() as s:  # bob is not alice
+        assert claim_for(s, a, bob, GpuNeed(1, user="bob", user_cap=2)) == [1]
+    with jobs_catalog.session() as s:
+        free_gpu(s, b, alice[1])
+    with jobs_catalog.session() as s:
+        assert claim_for(s, b, alice[2], capped) == [0]
+
+
+def test_racing_claims_of_one_user_never_pass_the_cap(jobs_catalog):  # noqa: F811
+    from catalog.workers import GpuNeed, claim_for
+
+    ids = [register(jobs_catalog, f"ft-{n}@h{n}", gpus=GPUS) for n in range(3)]  # 6 GPUs in all
+    jobs = [new_job(jobs_catalog) for _ in range(6)]
+    with jobs_catalog.session() as s:
+        for job_id in jobs:
+            s.get_one(Job, job_id).submitted_by = "alice"
+    got, errors = [], []
+
+    def claim(worker_id: int, job_id: int) -> None:
+        try:
+            with jobs_catalog.session() as s:
+                result = claim_for(s, worker_id, job_id, GpuNeed(1, user="alice", user_cap=3))
+            got.append(result)
+        except Exception as exc:  # a serialisation failure would be a bug of the lock
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(ids[i % 3], j)) for i, j in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sum(isinstance(r, list) for r in got) == 3 and len(got) == 6

@@ -42,6 +42,9 @@ def make_celery(settings: Settings) -> Celery:
         # Each job gets a fresh interpreter, not a fork of the worker: nothing (a CUDA context, a
         # lock held by one of the parent's threads, an open database) is inherited from the parent.
         worker_pool_start_method="spawn",
+        # A spawned child imports the project before it says it is up; on a loaded machine that takes
+        # longer than Celery's 4 s, and a child killed while starting costs its job a redelivery.
+        worker_proc_alive_timeout=60,
         worker_send_task_events=False,
         worker_redirect_stdouts=False,  # a handler's prints go to the worker's stderr as they are
         task_send_sent_event=False,

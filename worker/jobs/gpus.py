@@ -89,6 +89,15 @@ def parse_fake_gpus(value: str) -> list[Gpu]:
     return gpus
 
 
+def parse_size(text: str, flag: str) -> int:
+    """Bytes of a size like `40GiB` or `80GB` (GiB, MiB, TiB, GB, MB, TB); GpuSpecError naming `flag`."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*", str(text))
+    unit = found and UNITS.get(found[2].lower())
+    if not found or not unit or float(found[1]) <= 0:
+        raise GpuSpecError(f"{flag}: cannot read {text!r}: write a size like 40GiB or 80GB")
+    return int(float(found[1]) * unit)
+
+
 def nvml_gpus() -> list[Gpu]:
     """The GPUs NVML sees; none where `pynvml` is missing or NVML does not start (no driver)."""
     try:

@@ -31,20 +31,24 @@ from catalog.jobs import note_waiting
 from catalog.models import Job
 from catalog.workers import (
     HEARTBEAT_SECONDS,
+    GpuNeed,
+    claim_for,
     claim_gpu,
-    claim_gpus,
     free_gpu,
     gang_gpus,
     heartbeat,
     mark_stopped,
     register_worker,
 )
-from worker.jobs.gpus import Gpu
+from worker.jobs.gpus import Gpu, parse_size
 from worker.jobs.runner import run_job
 
 logger = logging.getLogger(__name__)
 
 VISIBLE = "CUDA_VISIBLE_DEVICES"
+USER_CAP_ENV = "FT_MAX_GPUS_PER_USER"
+"""At most this many GPUs of the pool held at once by one user's jobs (unset: no cap); every worker
+should have the same value."""
 
 
 @dataclass(frozen=True)
@@ -186,37 +190,42 @@ class WaitForGpus(Exception):
     """The job needs more free GPUs than this worker has now; its message comes back after a pause."""
 
 
-def gpus_needed(catalog: Catalog, job_id: int) -> int:
-    """GPUs the job asks for: `--gpus N` of a train job, else one."""
+def gpus_needed(catalog: Catalog, job_id: int) -> GpuNeed:
+    """What the job asks of its GPUs: `--gpus N`, `--gpu-class`, `--min-gpu-memory` of a train job (one
+    GPU of any kind otherwise), and the per-user cap of this worker's FT_MAX_GPUS_PER_USER."""
+    cap = os.environ.get(USER_CAP_ENV, "").strip()
     with catalog.session() as s:
         job = s.get(Job, job_id)
-        if job is None or job.kind != "train":
-            return 1
-        return int((job.spec or {}).get("train", {}).get("gpus", 1) or 1)
+        user = job.submitted_by if job is not None else None
+        train = (job.spec or {}).get("train", {}) if job is not None and job.kind == "train" else {}
+    memory = train.get("min_gpu_memory")
+    return GpuNeed(
+        count=int(train.get("gpus", 1) or 1),
+        gpu_class=train.get("gpu_class"),
+        min_memory_bytes=parse_size(memory, "--min-gpu-memory") if memory else None,
+        user=user,
+        user_cap=int(cap) if cap.isdigit() else None,
+    )
 
 
 def claim_job_gpus(
-    catalog: Catalog, config: PoolConfig | None, job_id: int, need: int, slot: int | None
+    catalog: Catalog, config: PoolConfig | None, job_id: int, need: GpuNeed, slot: int | None
 ) -> str:
     """Claim the GPUs job `job_id` runs on and set CUDA_VISIBLE_DEVICES to them; returns them ("0,1").
-    One GPU: this slot's, unless a multi-GPU job holds it (then another free one). N GPUs: N free ones
-    together (a gang). Raises WaitForGpus (having noted why on the job) when they are not free."""
+    One GPU of any kind, with no cap: this slot's, unless a multi-GPU job holds it (then another free
+    one). Otherwise N free GPUs that fit the need, together (a gang), within the user's cap. Raises
+    WaitForGpus (having noted why on the job) when they cannot be had now."""
     mine = slot_gpu(config, slot)
     assert config is not None and config.worker_id is not None and mine is not None
-    total = len(config.gpus)
-    if need > total:
-        why = f"needs {need} GPUs; worker {config.worker_id} has {total}"
-        note_waiting(catalog, job_id, why)
-        raise WaitForGpus(why)
+    got: list[int] | str
     with catalog.session() as s:
-        if need == 1 and mine not in gang_gpus(s, config.worker_id):
-            got: list[int] | None = [mine]  # recorded with take_over once the lease is held (GpuRecord)
+        if need == GpuNeed(1, user=need.user) and mine not in gang_gpus(s, config.worker_id):
+            got = [mine]  # recorded with take_over once the lease is held (GpuRecord)
         else:
-            got = claim_gpus(s, config.worker_id, job_id, need, prefer=mine)
-    if got is None:
-        why = f"waiting for {need} free GPU{'s' if need > 1 else ''} on worker {config.worker_id}"
-        note_waiting(catalog, job_id, why)
-        raise WaitForGpus(why)
+            got = claim_for(s, config.worker_id, job_id, need, prefer=mine)
+    if isinstance(got, str):
+        note_waiting(catalog, job_id, got)
+        raise WaitForGpus(got)
     os.environ[VISIBLE] = ",".join(str(g) for g in got)
     return os.environ[VISIBLE]
 
@@ -233,6 +242,10 @@ def run_pool_job(catalog: Catalog, config: PoolConfig | None, job_id: int, owner
             if os.environ[VISIBLE] != str(gpu):  # several GPUs, or another free one: claimed already
                 record.gpu = None
                 record.job_id = job_id
+        elif need.picky:  # a job that asks for a kind of GPU never runs on a CPU
+            why = f"needs {need.describe()}; worker {owner.partition(':')[0]} has no GPUs"
+            note_waiting(catalog, job_id, why)
+            raise WaitForGpus(why)
         try:
             return run_job(catalog, job_id, owner, on_claimed=record.start)
         finally:

@@ -19,7 +19,10 @@ from worker.jobs.requests import job_owner
 from worker.jobs.runner import REQUEUED
 
 GPU_WAIT_SECONDS = 5
-"""A job whose GPUs are busy is offered again this often (its message returns to the broker)."""
+"""A job whose GPUs are busy is offered again after this pause (its message returns to the broker),
+growing by as much with each offer up to GPU_WAIT_MAX_SECONDS: every offer starts a job process,
+which a long wait should not do every few seconds."""
+GPU_WAIT_MAX_SECONDS = 30
 
 
 @shared_task(
@@ -40,7 +43,8 @@ def run_job_task(self: Task, job_id: int) -> str:
         owner = job_owner(self.request.hostname, os.getpid())
         status = run_pool_job(catalog, self.app.conf.get("ft_pool"), job_id, owner)
     except WaitForGpus:  # its GPUs are busy: the same message again after a pause, as often as needed
-        raise self.retry(countdown=GPU_WAIT_SECONDS, max_retries=None) from None
+        pause = min(GPU_WAIT_SECONDS * (1 + self.request.retries), GPU_WAIT_MAX_SECONDS)
+        raise self.retry(countdown=pause, max_retries=None) from None
     finally:
         catalog.dispose()
     if status == REQUEUED:  # the attempt failed, the job is queued again: it needs a new message

@@ -14,6 +14,7 @@ usually want a lower --lr (LoRA on 7B: about 2e-4).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,11 +84,27 @@ class TrainConfig:
     torchrun, each taking its share of every step's micro-batches; the update is the one-GPU update (the
     same effective batch), so a job may resume on another number of GPUs."""
 
+    gpu_class: str | None = None
+    """Run only on GPUs of this class, as `ft workers list` shows it, e.g. h100-80gb (--gpu-class)."""
+    min_gpu_memory: str | None = None
+    """Run only on GPUs with at least this much memory, e.g. 40GiB (--min-gpu-memory)."""
+
     def __post_init__(self) -> None:
         if self.epochs is not None:
             _whole(self.epochs, "--epochs", minimum=1)
         if self.max_steps is not None:
             _whole(self.max_steps, "--max-steps", minimum=1)
+        if self.gpu_class is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.\-]*", str(self.gpu_class)):
+            raise InvalidInput(
+                f"--gpu-class {self.gpu_class!r}: write a class as `ft workers list` shows it, e.g. h100-80gb"
+            )
+        if self.min_gpu_memory is not None:
+            from worker.jobs.gpus import GpuSpecError, parse_size
+
+            try:
+                parse_size(self.min_gpu_memory, "--min-gpu-memory")
+            except GpuSpecError as exc:
+                raise InvalidInput(str(exc)) from None
         if self.max_samples is not None:
             _whole(self.max_samples, "--max-samples", minimum=1)
         if self.lr is not None and not (isinstance(self.lr, int | float) and 0 < self.lr < 1):

@@ -147,3 +147,19 @@ def test_discovery_and_the_pool_import_no_torch():
     code = "import sys, worker.jobs.gpus, worker.jobs.pool, worker.jobs.tasks; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_sizes_and_gpu_requests_are_read_or_refused_naming_the_flag():
+    from catalog.errors import InvalidInput
+    from worker.jobs.gpus import GpuSpecError, parse_size
+    from worker.train.config import TrainConfig
+
+    assert parse_size("40GiB", "--min-gpu-memory") == 40 << 30 and parse_size(" 80 GB ", "-") == 80 * 10**9
+    for bad in ("lots", "40", "0GiB", "-1GiB", "40 parsecs"):
+        with pytest.raises(GpuSpecError, match="--min-gpu-memory: cannot read"):
+            parse_size(bad, "--min-gpu-memory")
+    assert TrainConfig(gpu_class="h100-80gb", min_gpu_memory="40GiB").gpu_class == "h100-80gb"
+    with pytest.raises(InvalidInput, match="--gpu-class 'H100 80GB'"):
+        TrainConfig(gpu_class="H100 80GB")
+    with pytest.raises(InvalidInput, match="--min-gpu-memory: cannot read 'lots'"):
+        TrainConfig(min_gpu_memory="lots")

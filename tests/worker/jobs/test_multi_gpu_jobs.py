@@ -67,8 +67,10 @@ def test_a_two_gpu_job_holds_both_gpus_and_a_one_gpu_job_waits_for_one(trainable
     assert workers.stop(worker) == 0
 
 
-def rank_pids(job_id: int) -> list[int]:
-    """The training processes of job `job_id` (torchrun's children, not the torchrun agent)."""
+def rank_pids(settings, job_id: int) -> list[int]:
+    """The training processes of job `job_id` (torchrun's children, not the torchrun agent), told apart
+    from any other test's by the job's own run directory in their arguments."""
+    run_dir = str(settings.artifacts / ".jobs" / str(job_id) / "run").encode()
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -77,11 +79,7 @@ def rank_pids(job_id: int) -> list[int]:
             args = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if (
-            b"worker.jobs.rank" in args
-            and str(job_id).encode() in args
-            and b"torch.distributed.run" not in args
-        ):
+        if b"worker.jobs.rank" in args and run_dir in args and b"torch.distributed.run" not in args:
             found.append(int(proc.name))
     return sorted(found)
 
@@ -98,7 +96,7 @@ def test_a_killed_rank_fails_the_attempt_and_the_job_resumes_from_its_checkpoint
         trainable, job_id, workers, lambda j: j.status == "running" and complete_checkpoints(settings, job_id)
     )
     saved = complete_checkpoints(settings, job_id)[-1]
-    pids = rank_pids(job_id)
+    pids = rank_pids(settings, job_id)
     assert len(pids) == 2, pids
     os.kill(pids[-1], signal.SIGKILL)
 
