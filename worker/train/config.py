@@ -78,7 +78,8 @@ class TrainConfig:
     eval_steps: int | None = None
     """Evaluate every N optimizer steps (--eval-steps); None: at --save-steps."""
     logging_steps: int = 10
-    """Write TensorBoard scalars and a log line every N optimizer steps (--logging-steps)."""
+    """Write TensorBoard scalars and a log line every N optimizer steps (--logging-steps); a run shorter
+    than 20 x N steps writes every 1/20 of it, so that a short run still draws a curve."""
     gpus: int = 1
     """GPUs of one worker host the job trains on (--gpus): more than 1 starts one process per GPU with
     torchrun, each taking its share of every step's micro-batches; the update is the one-GPU update (the

@@ -305,6 +305,8 @@ def train(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     eval_every = cfg.eval_steps or cfg.save_steps
+    # A short run still draws a curve: at least ~20 points, never sparser than --logging-steps.
+    log_every = max(1, min(cfg.logging_steps, plan.total_steps // 20))
     params = [p for p in model.parameters() if p.requires_grad]
     ranks.broadcast_params(params)
     step, stopped, eval_loss = start, False, None
@@ -364,7 +366,7 @@ def train(
                 state["eval_losses"][str(step)] = progress["eval_loss"] = eval_loss
                 if writer is not None:
                     writer.add_scalar("eval/loss", eval_loss, step)
-            if step % cfg.logging_steps == 0 or last:
+            if step % log_every == 0 or last:
                 _log(writer, progress, window)
                 window.clear()
             if ranks.main:

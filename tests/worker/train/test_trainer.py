@@ -124,6 +124,17 @@ def test_progress_tensorboard_and_result(tiny_model_dir, rows, tmp_path):
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step-000000006"]  # the final one
 
 
+def test_a_short_run_still_draws_a_curve(tiny_model_dir, rows, tmp_path):
+    """6 steps at the default --logging-steps 10: a point every step, not one at the end."""
+    from worker.train.curves import read_curves
+
+    cfg = TrainConfig(epochs=3, batch_size=2, grad_accum=1, lr=1e-3, save_steps=100)
+    assert cfg.logging_steps == 10
+    run_cpu(tiny_model_dir, rows, "lora", {}, cfg, TrainPaths(tmp_path / "ckpt", tmp_path / "tb"))
+    curves = read_curves(tmp_path / "tb")
+    assert [step for step, _ in curves["train/loss"]] == [1, 2, 3, 4, 5, 6]
+
+
 def test_evaluation_loss_is_reported(tiny_model_dir, rows, tmp_path):
     eval_rows = tokenised_rows(tiny_model_dir, 3, skip=4)
     seen: list[dict] = []
