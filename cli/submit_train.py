@@ -126,13 +126,16 @@ def row_lengths(app: AppContext, session: Any, spec: Any) -> Any:
     from catalog.errors import NotFound
     from catalog.models import BaseModel
     from datasets_prep.length_report import length_report
-    from worker.models.directories import tokenizer_of
 
     base = session.get_one(BaseModel, spec.data.base_model_id)
+
+    def tokenizer() -> Any:  # only when no registered conversion answers: it imports torch
+        from worker.models.directories import tokenizer_of
+
+        return tokenizer_of(app.store, base)
+
     try:
-        return length_report(
-            session, app.store, spec.data, "train", tokenizer_for=lambda: tokenizer_of(app.store, base)
-        )
+        return length_report(session, app.store, spec.data, "train", tokenizer_for=tokenizer)
     except (OSError, ValueError, NotFound) as exc:  # e.g. a model whose files are only on the workers
         click.echo(f"row lengths not checked: {str(exc).splitlines()[0]}", err=True)
         return None

@@ -219,7 +219,8 @@ def claim_job_gpus(
     assert config is not None and config.worker_id is not None and mine is not None
     got: list[int] | str
     with catalog.session() as s:
-        if need == GpuNeed(1, user=need.user) and mine not in gang_gpus(s, config.worker_id):
+        plain = need.count == 1 and not need.picky and need.user_cap is None
+        if plain and mine not in gang_gpus(s, config.worker_id):
             got = [mine]  # recorded with take_over once the lease is held (GpuRecord)
         else:
             got = claim_for(s, config.worker_id, job_id, need, prefer=mine)
