@@ -134,6 +134,28 @@ def nobody_listens(app: AppContext, queue: str, gpus: int = 1, train: dict | Non
     )
 
 
+def row_lengths(app: AppContext, session: Any, spec: Any) -> Any:
+    """What --max-len and --max-source-len do to the train split of the conversion `spec` (a ConvertSpec;
+    datasets_prep.length_report), or None (one line on stderr saying why) when the tokenizer cannot be
+    loaded on this machine."""
+    from catalog.errors import NotFound
+    from catalog.models import BaseModel
+    from datasets_prep.length_report import length_report
+
+    base = session.get_one(BaseModel, spec.base_model_id)
+
+    def tokenizer() -> Any:  # only when no registered conversion answers: it imports torch
+        from worker.models.directories import tokenizer_of
+
+        return tokenizer_of(app.store, base)
+
+    try:
+        return length_report(session, app.store, spec, "train", tokenizer_for=tokenizer)
+    except (OSError, ValueError, NotFound) as exc:  # e.g. a model whose files are only on the workers
+        click.echo(f"row lengths not checked: {str(exc).splitlines()[0]}", err=True)
+        return None
+
+
 def already(job: Job, key: str | None) -> str:
     return f"job {job.id} was already submitted with --idempotency-key {key} (it is {job.status})"
 
@@ -213,6 +235,7 @@ def convert(
     """
     from catalog.conversions import find_conversion
     from catalog.jobs import job_for_key
+    from catalog.models import Dataset
     from datasets_prep.convert import resolve_convert_spec
 
     with app.catalog.session() as s:
@@ -226,6 +249,13 @@ def convert(
             store=app.store,
         )
         cached = find_conversion(s, spec.cache_key)
+        ds = s.get_one(Dataset, spec.dataset_id)
+        report = row_lengths(app, s, spec) if cached is None and "train" in ds.split_counts else None
+    if report is not None:
+        from datasets_prep.length_report import check_lengths
+
+        click.echo(report.line(), err=True)
+        check_lengths(report)
     if idempotency_key:
         existing = job_for_key(app.catalog, app.settings.user, idempotency_key, spec.to_json())
         if existing is not None:

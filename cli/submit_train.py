@@ -18,7 +18,7 @@ import yaml
 from catalog.errors import InvalidInput
 from cli.context import AppContext, pass_app
 from cli.flags import apply, dataclass_options
-from cli.submit import enqueue, report_again, report_submitted, submit, submit_options
+from cli.submit import enqueue, report_again, report_submitted, row_lengths, submit, submit_options
 
 DATA_KEYS = ("max_len", "max_source_len")
 """Fields of the data spec (datasets_prep.spec.ConvertSpec) that are flags of `ft submit train`."""
@@ -120,27 +120,6 @@ def parent_defaults(app: AppContext, name: str) -> dict[str, Any]:
         return {"method": parent.method, "model": parent.base_model.name, "dataset": parent.dataset.ref}
 
 
-def row_lengths(app: AppContext, session: Any, spec: Any) -> Any:
-    """What --max-len and --max-source-len do to the train split (datasets_prep.length_report), or None
-    (one line on stderr saying why) when the tokenizer cannot be loaded on this machine."""
-    from catalog.errors import NotFound
-    from catalog.models import BaseModel
-    from datasets_prep.length_report import length_report
-
-    base = session.get_one(BaseModel, spec.data.base_model_id)
-
-    def tokenizer() -> Any:  # only when no registered conversion answers: it imports torch
-        from worker.models.directories import tokenizer_of
-
-        return tokenizer_of(app.store, base)
-
-    try:
-        return length_report(session, app.store, spec.data, "train", tokenizer_for=tokenizer)
-    except (OSError, ValueError, NotFound) as exc:  # e.g. a model whose files are only on the workers
-        click.echo(f"row lengths not checked: {str(exc).splitlines()[0]}", err=True)
-        return None
-
-
 def _sampled(max_samples: int | None, rows: int) -> str:
     return (
         f"; --max-samples {max_samples}: {max_samples:,} of them are trained on"
@@ -215,7 +194,7 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
             **{k: job[k] for k in DATA_KEYS if job.get(k) is not None}, store=app.store,
             parent=job.get("parent"),
         )  # fmt: skip
-        report = row_lengths(app, s, spec)
+        report = row_lengths(app, s, spec.data)
     if report is not None:  # stderr: --json keeps stdout to the JSON
         click.echo(report.line() + _sampled(spec.train.max_samples, report.rows), err=True)
     if dry_run:

@@ -154,3 +154,12 @@ def test_rows_sample_is_seeded_and_keeps_order():
     assert a.input_ids == b.input_ids and a.input_ids != c.input_ids and len(a) == 10
     assert [ids[1] for ids in a.input_ids] == sorted(ids[1] for ids in a.input_ids)
     assert rows.sample(None, 1) is rows and rows.sample(500, 1) is rows
+
+
+def test_convert_reports_and_refuses_the_same_way(ft, faults):
+    said = ft("submit", "convert", "faults", "-m", "tiny", "-t", "plain", "--max-len", "256", "--json")
+    assert f"{ROWS} train rows at --max-len 256: " in said.stderr
+    refused = ft("submit", "convert", "faults", "-m", "tiny", "-t", "plain", "--max-len", "48",
+                 "--max-source-len", "40", ok=False)  # fmt: skip
+    assert refused.exit_code != 0 and "--max-len 48 drops or cuts the answer of " in refused.output
+    assert queued(faults) == 1  # the first one only
