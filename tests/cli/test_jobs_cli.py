@@ -125,9 +125,10 @@ def test_submit_to_an_unreachable_broker_fails_the_job(ft, catalog, registered, 
     monkeypatch.setenv("FT_BROKER_URL", f"redis://127.0.0.1:{port}/0")
     result = ft(*CONVERT, ok=False)
     assert result.exit_code == 1
-    line = result.output.strip()
+    *report, line = result.output.strip().splitlines()  # the error is one line, after the length report
+    assert len(report) == 1 and " train rows at --max-len " in report[0]
     assert line.startswith(f"Error: cannot reach the broker at redis://127.0.0.1:{port}/0 (")
-    assert line.endswith("start redis or fix FT_BROKER_URL") and "\n" not in line
+    assert line.endswith("start redis or fix FT_BROKER_URL")
     job = load(catalog, 1)
     assert job.status == "failed" and job.error.startswith("not sent to the broker: cannot reach")
 

@@ -144,7 +144,7 @@ def test_submit_train_wait_on_a_real_worker_then_adapters_cli(trainable, workers
     plotted = ft("jobs", "plot", str(shown["job_id"]), "-o", str(png)).output
     assert plotted.startswith(f"{png}  (train/loss 4, train/lr 4")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    convert = json.loads(ft("submit", "convert", "faults", "-m", "tiny", "--max-len", "96", "--json").stdout)
+    convert = json.loads(ft("submit", "convert", "faults", "-m", "tiny", "--max-len", "256", "--json").stdout)
     refused = ft("jobs", "plot", str(convert["id"]), ok=False)
     assert refused.exit_code == 2 and "only training jobs have curves" in refused.output
     out = tmp_path / "export"
