@@ -108,12 +108,10 @@ def enqueue(
 def nobody_listens(app: AppContext, queue: str, gpus: int = 1, train: dict | None = None) -> str | None:
     """A warning when no live worker takes `queue` or has the GPUs the job asks for (`--gpus`,
     `--gpu-class`, `--min-gpu-memory`): the job then waits. It names the command that would help."""
-    from catalog.workers import GpuNeed, listening
-    from worker.jobs.gpus import parse_size
+    from catalog.workers import listening
+    from worker.jobs.pool import need_of
 
-    train = train or {}
-    memory = train.get("min_gpu_memory")
-    need = GpuNeed(gpus, train.get("gpu_class"), parse_size(memory, "--min-gpu-memory") if memory else None)
+    need = need_of({**(train or {}), "gpus": gpus})
     with app.catalog.session() as s:
         if listening(s, queue, gpus, need):
             return None

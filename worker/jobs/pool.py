@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from catalog.db import Catalog
 from catalog.jobs import note_waiting
@@ -191,20 +192,25 @@ class WaitForGpus(Exception):
 
 
 def gpus_needed(catalog: Catalog, job_id: int) -> GpuNeed:
-    """What the job asks of its GPUs: `--gpus N`, `--gpu-class`, `--min-gpu-memory` of a train job (one
-    GPU of any kind otherwise), and the per-user cap of this worker's FT_MAX_GPUS_PER_USER."""
+    """What the job asks of its GPUs (`need_of` its train spec; one GPU of any kind for other jobs),
+    with the per-user cap of this worker's FT_MAX_GPUS_PER_USER."""
     cap = os.environ.get(USER_CAP_ENV, "").strip()
     with catalog.session() as s:
         job = s.get(Job, job_id)
         user = job.submitted_by if job is not None else None
         train = (job.spec or {}).get("train", {}) if job is not None and job.kind == "train" else {}
+    return need_of(train, user=user, user_cap=int(cap) if cap.isdigit() else None)
+
+
+def need_of(train: dict[str, Any], *, user: str | None = None, user_cap: int | None = None) -> GpuNeed:
+    """The GpuNeed of a train spec's `train` section: `--gpus`, `--gpu-class`, `--min-gpu-memory`."""
     memory = train.get("min_gpu_memory")
     return GpuNeed(
         count=int(train.get("gpus", 1) or 1),
         gpu_class=train.get("gpu_class"),
         min_memory_bytes=parse_size(memory, "--min-gpu-memory") if memory else None,
         user=user,
-        user_cap=int(cap) if cap.isdigit() else None,
+        user_cap=user_cap,
     )
 
 
