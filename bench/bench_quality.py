@@ -442,7 +442,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     bench.ft.start_worker(args.concurrency)
     try:
         bench.convert()
-        complete = bench.run(plan, deadline)
+        # a failed job leaves its rows unscored: the file is partial, so that a later call retries it
+        complete = bench.run(plan, deadline) and not bench.state.get("failed")
     finally:
         if not args.keep_worker:
             bench.ft.stop_worker()

@@ -124,10 +124,14 @@ class _PeftOnBase(OnBase):
         self.peft.set_adapter(key)
         yield self.peft
 
-    def plain(self) -> Any:
+    @contextmanager
+    def plain(self) -> Iterator[Any]:
+        """The model with its LoRA adapters off (peft's `disable_adapter` yields nothing: the model is
+        this one)."""
         if self.kind != "LORA":
             raise ValueError(f"a {self.kind} peft model has no untuned mode")
-        return self.peft.disable_adapter()
+        with self.peft.disable_adapter():
+            yield self.peft
 
     def close(self) -> Any:
         # LoRA layers are unwrapped back to the original modules; prompt learning wraps none.

@@ -340,6 +340,13 @@ def test_an_eval_job_stacks_lora_and_evaluates_dora_alone(evaluable, settings, s
         assert "shared_batches" not in single.result
         assert _predictions(evaluable, store, single) == {name: texts[name]}, name
 
+    # The case an H200 quality run failed on: the only adapter cannot stack, so the untuned base is
+    # evaluated with its LoRA layers switched off, not in a stacked pass.
+    alone = evaluate(evaluable, settings, store, adapters=["s-dora"], bases=["tiny"])
+    assert "shared_batches" not in alone.result
+    wanted = {k: texts[k] for k in ["s-dora", "tiny (untuned)"]}
+    assert _predictions(evaluable, store, alone) == wanted
+
 
 def _predictions(catalog, store, job) -> dict[str, list[str]]:
     """Each evaluated model's predictions, by the label the job reported."""
