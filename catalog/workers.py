@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from catalog.errors import NotFound
+from catalog.errors import InvalidInput, NotFound
 from catalog.models import Job, Worker, utcnow
 
 HEARTBEAT_SECONDS = 10.0
@@ -89,9 +89,12 @@ def register_worker(
     pid: int,
     queues: Sequence[str],
     gpus: Sequence[Mapping[str, Any]],
+    worker_id: int | None = None,
 ) -> Worker:
     """Add the worker `name` (or take over the row of an earlier worker of that name): started now,
-    not stopped, all its GPUs free. `gpus` are mappings with index, model, class and memory_bytes."""
+    not stopped, all its GPUs free. `gpus` are mappings with index, model, class and memory_bytes.
+    `worker_id` gives a new row that id (a worker whose row was pruned while it was away comes back
+    under the id its job processes know)."""
     entries = [{**{k: gpu[k] for k in GPU_KEYS}, "job_id": None} for gpu in gpus]
     indices = [e["index"] for e in entries]
     if len(set(indices)) != len(indices):
@@ -99,7 +102,7 @@ def register_worker(
     now = utcnow()
     worker = session.scalars(select(Worker).where(Worker.name == name)).first()
     if worker is None:
-        worker = Worker(name=name)
+        worker = Worker(name=name, id=worker_id)
         session.add(worker)
     worker.host, worker.pid, worker.queues, worker.gpus = host, pid, list(queues), entries
     worker.started_at, worker.last_seen, worker.stopped_at = now, now, None
@@ -373,6 +376,31 @@ def list_workers(
         )
     views.sort(key=lambda v: (v.state != "alive", v.name))
     return views
+
+
+def prune_workers(
+    session: Session, older_than: float, *, now: dt.datetime | None = None, remove: bool = True
+) -> list[str]:
+    """Remove the rows of workers that stopped, or went (no heartbeat), more than `older_than`
+    seconds ago (with `remove` false, only find them); returns their names. A live worker is never
+    removed, and a gone one only once it has been gone `GONE_AFTER_SECONDS` (so a worker that is merely
+    slow to heartbeat keeps its row). A job names its worker in its own row (`lease_owner`), so
+    nothing refers to these rows."""
+    if older_than < 0:
+        raise InvalidInput(f"--older-than must be 0 or more seconds, not {older_than:g}")
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(seconds=max(older_than, 0.0))
+    gone_cutoff = now - dt.timedelta(seconds=max(older_than, GONE_AFTER_SECONDS))
+    query = select(Worker).where(
+        ((Worker.stopped_at.is_not(None)) & (Worker.stopped_at <= cutoff))
+        | ((Worker.stopped_at.is_(None)) & (Worker.last_seen < gone_cutoff))
+    )
+    names = []
+    for w in list(session.scalars(query)):
+        names.append(w.name)
+        if remove:
+            session.delete(w)
+    return sorted(names)
 
 
 def listening(session: Session, queue: str, gpus: int = 1, need: GpuNeed | None = None) -> bool:

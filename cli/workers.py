@@ -6,8 +6,9 @@ import datetime as dt
 
 import click
 
+from catalog.errors import InvalidInput
 from catalog.models import utcnow
-from catalog.workers import WorkerView, list_workers
+from catalog.workers import WorkerView, list_workers, prune_workers
 from cli.context import AppContext, pass_app
 from cli.follow import format_progress
 from cli.output import human_bytes, human_seconds, print_json, print_table
@@ -59,6 +60,55 @@ def pool(app: AppContext, as_json: bool, running: bool) -> None:
         ft pool --json
     """
     _show(app, as_json, running)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `30m`, `12h`, `7d` in seconds."""
+    t = text.strip().lower()
+    unit = _UNITS.get(t[-1:], None)
+    number = t[:-1] if unit else t
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise InvalidInput(f"--older-than: {text!r} is not a duration (e.g. 90s, 30m, 12h, 7d)") from None
+    if value < 0:
+        raise InvalidInput(f"--older-than: {text!r} is negative")
+    return value
+
+
+@workers.command()
+@click.option(
+    "--older-than",
+    default="1d",
+    show_default=True,
+    metavar="DURATION",
+    help="Remove workers stopped or gone for longer than this (90s, 30m, 12h, 7d).",
+)
+@click.option("--dry-run", is_flag=True, help="Say which workers would go; remove none.")
+@click.option("--json", "as_json", is_flag=True, help="Print the names as JSON.")
+@pass_app
+def prune(app: AppContext, older_than: str, dry_run: bool, as_json: bool) -> None:
+    """Remove the rows of workers that stopped, or went without a word, long ago, so that the pool
+    listing shows the pool. Live workers are never removed; a gone worker that comes back registers
+    again.
+
+    \b
+    Example:
+        ft workers prune                  # stopped or gone for over a day
+        ft workers prune --older-than 0   # every stopped worker, and those gone for 30 s
+        ft workers prune --older-than 12h --dry-run
+    """  # fmt: skip
+    seconds = parse_duration(older_than)
+    with app.catalog.session() as s:
+        names = prune_workers(s, seconds, remove=not dry_run)
+    if as_json:
+        print_json({"removed": [] if dry_run else names, "would_remove": names if dry_run else []})
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(names)} worker(s)" + (": " + ", ".join(names) if names else ""))
 
 
 def _show(app: AppContext, as_json: bool, running: bool) -> None:

@@ -4,13 +4,14 @@ processes claim at once), and the pool view with alive / gone / stopped workers.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 
 import pytest
 
 from catalog.errors import NotFound
 from catalog.jobs import claim_job, finish_job
-from catalog.models import Job, utcnow
+from catalog.models import Job, Worker, utcnow
 from catalog.workers import (
     GONE_AFTER_SECONDS,
     claim_gpu,
@@ -271,3 +272,66 @@ def test_racing_claims_of_one_user_never_pass_the_cap(jobs_catalog):  # noqa: F8
         t.join()
     assert errors == []
     assert sum(isinstance(r, list) for r in got) == 3 and len(got) == 6
+
+
+def test_prune_removes_long_stopped_and_long_gone_workers_only(jobs_catalog):  # noqa: F811
+    from catalog.workers import prune_workers
+
+    now = utcnow()
+    names = ["ft-live@h", "ft-slow@h", "ft-gone@h", "ft-stopped@h", "ft-just-stopped@h"]
+    ids = {n: register(jobs_catalog, name=n) for n in names}
+    with jobs_catalog.session() as s:
+        heartbeat(s, ids["ft-slow@h"], now=now - dt.timedelta(seconds=GONE_AFTER_SECONDS / 2))
+        heartbeat(s, ids["ft-gone@h"], now=now - dt.timedelta(hours=3))
+        mark_stopped(s, ids["ft-stopped@h"])
+        mark_stopped(s, ids["ft-just-stopped@h"])
+    with jobs_catalog.session() as s:  # the first stopped two hours ago
+        s.get_one(Worker, ids["ft-stopped@h"]).stopped_at = now - dt.timedelta(hours=2)
+    with jobs_catalog.session() as s:
+        assert prune_workers(s, 3600, now=now, remove=False) == ["ft-gone@h", "ft-stopped@h"]
+    assert len(pool(jobs_catalog)) == 5  # only found
+    with jobs_catalog.session() as s:
+        assert prune_workers(s, 3600, now=now) == ["ft-gone@h", "ft-stopped@h"]
+    assert sorted(v.name for v in pool(jobs_catalog)) == ["ft-just-stopped@h", "ft-live@h", "ft-slow@h"]
+    with jobs_catalog.session() as s:  # 0: every stopped worker, but a slow heartbeat is not gone
+        assert prune_workers(s, 0, now=now + dt.timedelta(seconds=1)) == ["ft-just-stopped@h"]
+    assert sorted(v.name for v in pool(jobs_catalog)) == ["ft-live@h", "ft-slow@h"]
+
+
+def test_ft_workers_prune(catalog, ft):
+    with catalog.session() as s:
+        gone = register_worker(s, "ft-gone@h", "h", 1, ["gpu"], GPUS)
+        heartbeat(s, gone.id, now=utcnow() - dt.timedelta(days=2))
+        register_worker(s, "ft-live@h", "h", 2, ["gpu"], GPUS)
+    out = ft("workers", "prune", "--dry-run").output
+    assert out.strip() == "would remove 1 worker(s): ft-gone@h"
+    assert json.loads(ft("workers", "prune", "--json").output) == {
+        "removed": ["ft-gone@h"],
+        "would_remove": [],
+    }
+    assert "ft-gone@h" not in ft("workers", "list").output
+    bad = ft("workers", "prune", "--older-than", "soon", ok=False)
+    assert bad.exit_code != 0 and "--older-than: 'soon' is not a duration" in bad.output
+
+
+def test_a_worker_pruned_while_away_registers_again_under_its_id(jobs_catalog):  # noqa: F811
+    """Its job processes know the worker by id, so it comes back as the same row."""
+    import time
+
+    from catalog.workers import prune_workers
+    from worker.jobs.gpus import Gpu
+    from worker.jobs.pool import WorkerPresence
+
+    gpus = [Gpu(0, "NVIDIA H100 80GB HBM3", 80 << 30)]
+    with WorkerPresence(jobs_catalog, "ft-away@h", "h", ["gpu"], gpus, interval=0.05) as presence:
+        first = presence.worker_id
+        with jobs_catalog.session() as s:  # seen from a day later, it has been gone for a day
+            assert prune_workers(s, 3600, now=utcnow() + dt.timedelta(days=1)) == ["ft-away@h"]
+        for _ in range(600):  # the next heartbeat finds no row and registers again
+            views = pool(jobs_catalog)
+            if views:
+                break
+            time.sleep(0.05)
+        assert [(v.id, v.name, v.state) for v in views] == [(first, "ft-away@h", "alive")]
+        assert presence.worker_id == first
+    assert [v.state for v in pool(jobs_catalog)] == ["stopped"]

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from catalog.db import Catalog
+from catalog.errors import NotFound
 from catalog.jobs import note_waiting
 from catalog.models import Job
 from catalog.workers import (
@@ -90,12 +91,21 @@ class WorkerPresence:
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-worker-{name}", daemon=True)
 
     def __enter__(self) -> WorkerPresence:
-        with self.catalog.session() as s:
-            self.worker_id = register_worker(
-                s, self.name, self.host, os.getpid(), self.queues, [g.to_dict() for g in self.gpus]
-            ).id
+        self._register(None)
         self._thread.start()
         return self
+
+    def _register(self, worker_id: int | None) -> None:
+        gpus = [g.to_dict() for g in self.gpus]
+        try:
+            with self.catalog.session() as s:
+                self.worker_id = register_worker(
+                    s, self.name, self.host, os.getpid(), self.queues, gpus, worker_id=worker_id
+                ).id
+        except Exception as error:
+            if worker_id is None:
+                raise
+            logger.warning("worker %s could not register again, will retry: %s", self.name, error)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -120,6 +130,9 @@ class WorkerPresence:
                 usage = self.measure([g.index for g in self.gpus]) if self.measure else None
                 with self.catalog.session() as s:
                     heartbeat(s, self.worker_id, usage=usage)
+            except NotFound:  # `ft workers prune` took the row while this worker was away
+                logger.warning("worker %s was pruned from the pool while away; registering again", self.name)
+                self._register(self.worker_id)
             except Exception as error:  # the catalog may come back; until then the worker looks gone
                 logger.warning("worker heartbeat failed, will retry: %s", error)
 
