@@ -387,9 +387,9 @@ def prune_workers(
     slow to heartbeat keeps its row). A job names its worker in its own row (`lease_owner`), so
     nothing refers to these rows."""
     if older_than < 0:
-        raise InvalidInput(f"--older-than must be 0 or more seconds, not {older_than:g}")
+        raise InvalidInput(f"a worker's age must be 0 or more seconds, not {older_than:g}")
     now = now or utcnow()
-    cutoff = now - dt.timedelta(seconds=max(older_than, 0.0))
+    cutoff = now - dt.timedelta(seconds=older_than)
     gone_cutoff = now - dt.timedelta(seconds=max(older_than, GONE_AFTER_SECONDS))
     query = select(Worker).where(
         ((Worker.stopped_at.is_not(None)) & (Worker.stopped_at <= cutoff))
