@@ -279,7 +279,7 @@ class Worker(Base):
     """A running (or stopped) `ft worker`: where it runs, what it takes, its GPUs and their jobs.
 
     `gpus` is a list of {"index", "model", "class", "memory_bytes", "job_id"}: the job each GPU runs
-    now, or null. Only the functions in `catalog.workers` write it."""
+    now, or null. Only the functions in `catalog.workers` (and `catalog.pool_view`, which prunes) write it."""
 
     __tablename__ = "workers"
 

@@ -108,7 +108,7 @@ def enqueue(
 def nobody_listens(app: AppContext, queue: str, gpus: int = 1, train: dict | None = None) -> str | None:
     """A warning when no live worker takes `queue` or has the GPUs the job asks for (`--gpus`,
     `--gpu-class`, `--min-gpu-memory`): the job then waits. It names the command that would help."""
-    from catalog.workers import listening
+    from catalog.pool_view import listening
     from worker.jobs.pool import need_of
 
     need = need_of({**(train or {}), "gpus": gpus})

@@ -8,7 +8,7 @@ import click
 
 from catalog.errors import InvalidInput
 from catalog.models import utcnow
-from catalog.workers import WorkerView, list_workers, prune_workers
+from catalog.pool_view import WorkerView, list_workers, prune_workers
 from cli.context import AppContext, pass_app
 from cli.follow import format_progress
 from cli.output import human_bytes, human_seconds, print_json, print_table

@@ -19,10 +19,10 @@ from catalog.errors import FtError, InvalidInput
 from catalog.evaluations import list_evaluations
 from catalog.jobs import get_job, list_jobs
 from catalog.models import FINISHED_STATUSES, JOB_KINDS, JOB_STATUSES, Adapter, Dataset, Job, PromptTemplate
+from catalog.pool_view import list_workers
 from catalog.settings import Settings
 from catalog.store import ArtifactStore
 from catalog.templates import list_templates
-from catalog.workers import list_workers
 from dashboard.svg import line_chart
 
 PAGE_SIZE = 100

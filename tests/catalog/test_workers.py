@@ -12,12 +12,12 @@ import pytest
 from catalog.errors import NotFound
 from catalog.jobs import claim_job, finish_job
 from catalog.models import Job, Worker, utcnow
+from catalog.pool_view import list_workers
 from catalog.workers import (
     GONE_AFTER_SECONDS,
     claim_gpu,
     free_gpu,
     heartbeat,
-    list_workers,
     mark_stopped,
     register_worker,
 )
@@ -275,7 +275,7 @@ def test_racing_claims_of_one_user_never_pass_the_cap(jobs_catalog):  # noqa: F8
 
 
 def test_prune_removes_long_stopped_and_long_gone_workers_only(jobs_catalog):  # noqa: F811
-    from catalog.workers import prune_workers
+    from catalog.pool_view import prune_workers
 
     now = utcnow()
     names = ["ft-live@h", "ft-slow@h", "ft-gone@h", "ft-stopped@h", "ft-just-stopped@h"]
@@ -318,7 +318,7 @@ def test_a_worker_pruned_while_away_registers_again_under_its_id(jobs_catalog): 
     """Its job processes know the worker by id, so it comes back as the same row."""
     import time
 
-    from catalog.workers import prune_workers
+    from catalog.pool_view import prune_workers
     from worker.jobs.gpus import Gpu
     from worker.jobs.pool import WorkerPresence
 

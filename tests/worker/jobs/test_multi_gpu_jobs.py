@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from catalog.adapters import list_adapters
-from catalog.workers import list_workers
+from catalog.pool_view import list_workers
 from tests.worker.jobs import test_train_job
 from tests.worker.jobs.test_chaos_jobs import complete_checkpoints, start_train, wait_finished, wait_for
 from tests.worker.procs import Workers, run_ft, subprocess_env

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from catalog.workers import listening
+from catalog.pool_view import listening
 from tests.worker.jobs.test_queue_integration import SUBMIT, home, load  # noqa: F401  # fixture
 from tests.worker.procs import Workers, run_ft, subprocess_env
 
@@ -75,7 +75,7 @@ def test_each_job_gets_its_own_gpu_and_the_pool_shows_the_worker(home, workers: 
 
 def watch_gpus(catalog, job_ids: list[int], timeout: float = 120) -> dict[int, int]:
     """{GPU index: job id} as the worker's row recorded them while the jobs ran."""
-    from catalog.workers import list_workers
+    from catalog.pool_view import list_workers
 
     seen: dict[int, int] = {}
     deadline = time.monotonic() + timeout

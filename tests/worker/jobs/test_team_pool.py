@@ -22,8 +22,8 @@ import pytest
 from catalog.adapters import list_adapters
 from catalog.db import Catalog
 from catalog.jobs import get_job
+from catalog.pool_view import list_workers
 from catalog.settings import Settings
-from catalog.workers import list_workers
 from tests.conftest import FAULTS_TRAIN, free_port
 from tests.worker.jobs.test_lost_messages import start_redis
 from tests.worker.procs import Workers, run_ft, subprocess_env
