@@ -19,7 +19,6 @@ prompt, no padding); bench/bench_generation.py compares the two.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -28,11 +27,17 @@ from typing import Any
 
 import torch
 from peft import PeftType
-from transformers import GenerationConfig as HFGenerationConfig
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from catalog.errors import InvalidInput
 from worker.evaluation.decoding import Decoding
+from worker.evaluation.graph_decoding import GraphDecoder, TokenPicker, unsupported_reason
+from worker.evaluation.hf_decoding import (
+    cache_kwarg,
+    hf_generation_config,
+    model_inputs,
+    prompt_learning_type,
+)
 from worker.evaluation.multi_lora import adapter_rows
 from worker.evaluation.stopping import CancelCriteria, RepeatedLineCriteria, cut_at_repeated_line
 from worker.models.attention import without_cudnn_attention
@@ -46,6 +51,9 @@ STEP_PROGRESS_EVERY = 16
 STEP_PROGRESS_SECONDS = 1.0
 """... or once this long has passed since it last did, whichever comes first (a big model on a CPU
 takes seconds a step)."""
+
+
+ENGINES = ("auto", "graph", "generate")
 
 
 class GenerationCancelled(Exception):
@@ -65,6 +73,17 @@ class GenerationConfig(Decoding):
     dominates small models, at a compile per batch shape. Same outputs as the dynamic cache in fp32.
     Off by default: on an H100 a warm step was 3.4x faster, but the compiles (30 s per batch shape)
     made a whole 50-prompt evaluation take 137 s against 62 s (bench/bench_decode_step.py)."""
+    ignore_eos: bool = False
+    """Decode max_new_tokens for every row, EOS or not: the same work for every engine (benchmarks)."""
+    engine: str = "auto"
+    """"graph": ft's decoding loop (worker/evaluation/graph_decoding.py: a static cache, and each step
+    one CUDA graph replay on a GPU); "generate": transformers' `generate`; "auto": the loop on CUDA
+    where it can decode the model, else `generate`."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.engine not in ENGINES:
+            raise InvalidInput(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
 
     @classmethod
     def of(cls, decoding: Decoding, **engine: Any) -> GenerationConfig:
@@ -84,6 +103,9 @@ class GenerationResult:
     tokens_per_s: float
     peak_memory_bytes: int | None
     """Peak CUDA memory allocated during the call; None on CPU."""
+    engine: str = "generate"
+    """What decoded: "generate", "graph" (CUDA graphs on a GPU, the eager step on a CPU), or "graph-eager:
+    <why>" when a capture failed and the loop ran its step eagerly."""
 
 
 def generate(
@@ -238,15 +260,38 @@ class _Session:
 
     def __init__(self, model: Any, tokenizer: Any, cfg: GenerationConfig, device: torch.device) -> None:
         self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
-        self.eos = eos_token_ids(model, tokenizer)
+        self.eos = [] if cfg.ignore_eos else eos_token_ids(model, tokenizer)
         self.pad_id = int(tokenizer.pad_token_id)
-        self.hf_config = _hf_generation_config(cfg, self.eos, self.pad_id)
-        self.prompt_learning = _prompt_learning_type(model)
-        self.cache_kwarg = _cache_kwarg(model)
+        self.hf_config = hf_generation_config(cfg, cfg.static_cache, self.eos, self.pad_id)
+        self.prompt_learning = prompt_learning_type(model)
+        self.cache_kwarg = cache_kwarg(model)
+        self.decoder = self._graph_decoder()
         self.new_tokens = 0
         self.started = time.perf_counter()
         self.seconds: float | None = None
         self.peak: int | None = None
+
+    def _graph_decoder(self) -> GraphDecoder | None:
+        """The fast loop when the config's engine asks for it and it can decode this model."""
+        cfg, cuda = self.cfg, self.device.type == "cuda"
+        if cfg.engine == "generate" or (cfg.engine == "auto" and (not cuda or cfg.static_cache)):
+            return None
+        reason = unsupported_reason(
+            self.model, prompt_learning=self.prompt_learning is not None, streamer=None
+        )
+        if reason is not None:
+            if cfg.engine == "graph":
+                raise InvalidInput(f"the graph decoding engine cannot decode with {reason}")
+            return None
+        return GraphDecoder(
+            self.model,
+            max_new_tokens=cfg.max_new_tokens,
+            eos=self.eos,
+            pad_id=self.pad_id,
+            picker=TokenPicker(cfg.sample, cfg.temperature, cfg.top_p),
+            graphs=True,
+            cache_kwarg=self.cache_kwarg,
+        )
 
     def run(
         self,
@@ -262,7 +307,49 @@ class _Session:
             raise GenerationCancelled("generation was cancelled")
         enc = self.tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
         input_ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
-        generate_fn, inputs, prompt_len = self._model_inputs(input_ids, mask)
+        try:
+            if self.decoder is not None and streamer is None:
+                return self._run_graph(input_ids, mask, should_stop, on_step)
+            return self._run_generate(input_ids, mask, should_stop, streamer, on_step)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise InvalidInput(
+                f"out of memory generating {len(batch_ids)} rows of up to {input_ids.shape[1]} tokens "
+                f"(+{self.cfg.max_new_tokens} new): lower --batch-size or --max-new-tokens"
+            ) from exc
+
+    def _run_graph(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        should_stop: StopFn | None,
+        on_step: _StepReport | None,
+    ) -> list[str]:
+        repeated = RepeatedLineCriteria(self.tokenizer, self.eos) if self.cfg.stop_on_repeated_line else None
+        cancel = CancelCriteria(should_stop) if should_stop is not None else None
+
+        def look(steps: int, tokens: torch.Tensor) -> bool:
+            if on_step is not None:
+                on_step.at(steps, tokens)
+            return cancel is not None and bool(cancel(tokens)[0])
+
+        out = self.decoder.run(input_ids, mask, repeated=repeated, on_look=look)
+        if cancel is not None and cancel.cancelled:
+            raise GenerationCancelled("generation was cancelled")
+        return [self._finish_row(row) for row in out]
+
+    def _run_generate(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        should_stop: StopFn | None,
+        streamer: Any,
+        on_step: _StepReport | None,
+    ) -> list[str]:
+        if self.prompt_learning == PeftType.PREFIX_TUNING and self.cfg.static_cache:
+            raise InvalidInput("a prefix-tuning adapter cannot decode with the static cache")
+        generate_fn, inputs, prompt_len = model_inputs(
+            self.model, self.prompt_learning, input_ids, mask, self.pad_id, self.cache_kwarg
+        )
         criteria = StoppingCriteriaList()
         if self.cfg.stop_on_repeated_line:
             criteria.append(RepeatedLineCriteria(self.tokenizer, self.eos))
@@ -271,60 +358,11 @@ class _Session:
             criteria.append(cancel)
         if on_step is not None:
             criteria.append(on_step.watching(prompt_len, self.pad_id))
-        try:
-            streaming = {"streamer": streamer} if streamer is not None else {}
-            out = generate_fn(
-                **inputs, generation_config=self.hf_config, stopping_criteria=criteria, **streaming
-            )
-        except torch.cuda.OutOfMemoryError as exc:
-            raise InvalidInput(
-                f"out of memory generating {len(batch_ids)} rows of up to {input_ids.shape[1]} tokens "
-                f"(+{self.cfg.max_new_tokens} new): lower --batch-size or --max-new-tokens"
-            ) from exc
+        streaming = {"streamer": streamer} if streamer is not None else {}
+        out = generate_fn(**inputs, generation_config=self.hf_config, stopping_criteria=criteria, **streaming)
         if cancel is not None and cancel.cancelled:
             raise GenerationCancelled("generation was cancelled")
         return [self._finish_row(row) for row in out[:, prompt_len:].tolist()]
-
-    def _model_inputs(
-        self, input_ids: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[Callable[..., torch.Tensor], dict[str, Any], int]:
-        """(the generate function, its inputs, how many leading columns of its output are the prompt).
-
-        Prompt-learning adapters are fed to the base model's own `generate` here rather than through
-        peft's `generate`: peft's hook decides "first step" by looking for `past_key_values` in the model
-        kwargs, which transformers 5.24 renamed to `cache`, so with it peft re-injects the virtual tokens
-        on every step (p-tuning, prompt tuning) or loses the prefix (prefix tuning). peft's path also
-        drops position ids, so a left-padded row saw its prompt shifted by its padding. Here:
-        - p-tuning / prompt tuning: the virtual-token embeddings are prepended to the prompt's and the
-          base generates from embeddings (positions then follow the attention mask, as for a plain model);
-        - prefix tuning: the trained key/value prefix is the initial cache, and the prompt is preceded by
-          as many placeholder ids, which transformers treats as the cached part and skips, so the real
-          tokens sit at positions P.. as in training.
-        """
-        if self.prompt_learning is None:
-            return self.model.generate, {"input_ids": input_ids, "attention_mask": mask}, input_ids.shape[1]
-        batch = input_ids.shape[0]
-        if self.prompt_learning == PeftType.PREFIX_TUNING:
-            if self.cfg.static_cache:
-                raise InvalidInput("a prefix-tuning adapter cannot decode with the static cache")
-            cache = self.model.get_prompt(batch_size=batch)
-            virtual = cache.get_seq_length()
-            ones = torch.ones((batch, virtual), dtype=mask.dtype, device=mask.device)
-            placeholders = torch.full_like(ones, self.pad_id, dtype=input_ids.dtype)
-            inputs = {
-                "input_ids": torch.cat((placeholders, input_ids), 1),
-                "attention_mask": torch.cat((ones, mask), 1),
-                self.cache_kwarg: cache,
-            }
-            return self.model.base_model.generate, inputs, virtual + input_ids.shape[1]
-        embeds = self.model.word_embeddings(input_ids)
-        prompt = self.model.get_prompt(batch_size=batch).to(embeds.dtype)
-        ones = torch.ones(prompt.shape[:2], dtype=mask.dtype, device=mask.device)
-        inputs = {
-            "inputs_embeds": torch.cat((prompt, embeds), 1),
-            "attention_mask": torch.cat((ones, mask), 1),
-        }
-        return self.model.base_model.generate, inputs, 0  # with embeddings only, the output is new tokens
 
     def _finish_row(self, generated: list[int]) -> str:
         """Count a row's real tokens and turn them into the returned text."""
@@ -363,7 +401,14 @@ class _Session:
             seconds=seconds,
             tokens_per_s=self.new_tokens / max(seconds, 1e-9),
             peak_memory_bytes=self.peak,
+            engine=self._engine(),
         )
+
+    def _engine(self) -> str:
+        if self.decoder is None:
+            return "generate"
+        error = self.decoder.graph_error
+        return "graph" if error is None else f"graph-eager: {error}"
 
 
 class _StepReport(StoppingCriteria):
@@ -383,49 +428,16 @@ class _StepReport(StoppingCriteria):
         return self
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
-        self.step += 1
+        self.at(self.step + 1, input_ids[:, self.prompt_len :])
+        return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
+
+    def at(self, step: int, generated: torch.Tensor) -> None:
+        """The batch has decoded `step` steps, `generated` (rows x steps) so far: report if it is time."""
+        self.step = step
         now = time.monotonic()
         if self.step % STEP_PROGRESS_EVERY == 0 or now - self._last >= STEP_PROGRESS_SECONDS:
             self._last = now
-            tokens = int((input_ids[:, self.prompt_len :] != self.pad_id).sum())
+            tokens = int((generated != self.pad_id).sum())
             rate = (self.session.new_tokens + tokens) / max(self.session.elapsed(), 1e-9)
             most = self.session.cfg.max_new_tokens
             self.report({**self.fixed, "batch_step": self.step, "max_new_tokens": most, "tokens_per_s": rate})
-        return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
-
-
-PROMPT_LEARNING = (PeftType.P_TUNING, PeftType.PROMPT_TUNING, PeftType.PREFIX_TUNING)
-
-
-def _prompt_learning_type(model: Any) -> PeftType | None:
-    """The peft type of the model's active adapter if it is a prompt-learning one, else None."""
-    peft_config = getattr(model, "active_peft_config", None)
-    kind = getattr(peft_config, "peft_type", None)
-    return kind if kind in PROMPT_LEARNING else None
-
-
-def _cache_kwarg(model: Any) -> str:
-    """The keyword the model's forward takes its KV cache by: `cache` since transformers 5.24,
-    `past_key_values` before."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
-
-
-def _hf_generation_config(cfg: GenerationConfig, eos: list[int], pad_id: int) -> HFGenerationConfig:
-    """Every decoding setting explicit, so a checkpoint's generation_config.json (a repetition
-    penalty, a default temperature) cannot change what evaluation measures."""
-    sampling = (
-        {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0}
-        if cfg.sample
-        else {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 50}
-    )
-    return HFGenerationConfig(
-        max_new_tokens=cfg.max_new_tokens,
-        num_beams=1,
-        repetition_penalty=1.0,
-        eos_token_id=eos,
-        pad_token_id=pad_id,
-        use_cache=True,
-        **({"cache_implementation": "static"} if cfg.static_cache else {}),
-        **sampling,
-    )

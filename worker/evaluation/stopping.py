@@ -97,7 +97,7 @@ class RepeatedLineCriteria(StoppingCriteria):
         self._seen_len: int | None = None
         self._rows: list[_RowState] = []
 
-    def _decode(self, tokens: list[int]) -> str:
+    def decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
@@ -107,8 +107,14 @@ class RepeatedLineCriteria(StoppingCriteria):
             self._rows = [_RowState() for _ in range(batch)]
         new = input_ids[:, self._seen_len :].tolist()
         self._seen_len = length
-        done = [row.feed(tokens, self._decode, self.eos) for row, tokens in zip(self._rows, new, strict=True)]
+        done = [row.feed(tokens, self.decode, self.eos) for row, tokens in zip(self._rows, new, strict=True)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def rows(self, batch: int) -> list[_RowState]:
+        """Each row's state, for a caller that feeds the rows itself (worker/evaluation/graph_decoding.py)."""
+        if not self._rows:
+            self._rows = [_RowState() for _ in range(batch)]
+        return self._rows
 
     @property
     def stopped_rows(self) -> list[bool]:

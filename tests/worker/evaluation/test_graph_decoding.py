@@ -1,0 +1,134 @@
+"""The graph decoding loop (worker/evaluation/graph_decoding.py) against transformers' `generate` on the
+tiny real Llama, CPU, fp32: the same greedy texts and token counts for padded batches, EOS, the
+repeated-line stop, a LoRA adapter, stacked LoRA adapters with per-row names and a freeze-style
+model; seeded sampling as transformers samples; cancellation and progress from inside a batch; and
+the models it does not take are refused by name (engine="graph") or left to `generate` ("auto").
+
+On CPU the loop runs its step eagerly; the CUDA graph capture of the same step is measured on a GPU
+(bench/bench_fast_decoding.py), where the share of identical bf16 outputs is reported.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, PromptTuningConfig, get_peft_model
+
+from catalog.errors import InvalidInput
+from tests.worker.evaluation.test_generation import PROMPTS, _chaotic, chaotic, looping, tok  # noqa: F401
+from tests.worker.evaluation.test_multi_lora import PROMPTS as LORA_PROMPTS
+from tests.worker.evaluation.test_multi_lora import STACKABLE, adapter_dirs, load  # noqa: F401
+from worker.evaluation.generation import GenerationCancelled, GenerationConfig, generate
+from worker.evaluation.graph_decoding import CHECK_EVERY, GraphDecoder, TokenPicker
+from worker.evaluation.multi_lora import BASE, stacked_lora
+
+
+def both(model, tokenizer, prompts, **cfg):
+    """(generate's result, the graph loop's result) for the same prompts and settings."""
+    hf = generate(model, tokenizer, prompts, GenerationConfig(engine="generate", **cfg))
+    graph = generate(model, tokenizer, prompts, GenerationConfig(engine="graph", **cfg))
+    return hf, graph
+
+
+def test_greedy_padded_batches_equal_generate(chaotic, tok):  # noqa: F811
+    hf, graph = both(chaotic, tok, PROMPTS, max_new_tokens=24, batch_size=3)
+    assert len(set(hf.texts)) == len(PROMPTS)  # every prompt decodes differently: the test has teeth
+    assert graph.texts == hf.texts
+    assert graph.new_tokens == hf.new_tokens == 24 * len(PROMPTS)
+
+
+@pytest.mark.parametrize("stop", [False, True], ids=["eos", "repeated-line"])
+def test_eos_and_the_repeated_line_stop_equal_generate(looping, tok, stop):  # noqa: F811
+    prompts = ["repeat", "long", "stop", "repeat"]
+    hf, graph = both(looping, tok, prompts, max_new_tokens=40, batch_size=4, stop_on_repeated_line=stop)
+    assert graph.texts == hf.texts
+    assert graph.new_tokens == hf.new_tokens  # a stopped row counts the tokens generate counts
+    if stop:
+        assert graph.texts[0] == "x\nabc" and graph.new_tokens < 40 * 4
+
+
+def test_a_batch_whose_rows_all_end_stops_early(looping, tok):  # noqa: F811
+    hf, graph = both(looping, tok, ["stop", "stop"], max_new_tokens=200, batch_size=2)
+    assert graph.texts == hf.texts == ["ok", "ok"] and graph.new_tokens == hf.new_tokens == 6
+
+
+def test_a_lora_adapter_equals_generate(tiny_model_dir, tok):  # noqa: F811
+    torch.manual_seed(0)
+    model = get_peft_model(_chaotic(tiny_model_dir), LoraConfig(r=4, init_lora_weights=False)).eval()
+    hf, graph = both(model, tok, PROMPTS, max_new_tokens=16, batch_size=4)
+    assert graph.texts == hf.texts
+
+
+def test_stacked_lora_rows_equal_generate(tiny_model_dir, adapter_dirs, tok):  # noqa: F811
+    names = list(STACKABLE)
+    peft = load(tiny_model_dir, adapter_dirs, names)
+    rows = [m for m in [*names, BASE] for _ in LORA_PROMPTS]
+    with stacked_lora(peft, names) as model:
+        cfg = {"max_new_tokens": 12, "batch_size": 2}
+        hf = generate(
+            model, tok, LORA_PROMPTS * 4, GenerationConfig(engine="generate", **cfg), adapter_names=rows
+        )
+        graph = generate(
+            model, tok, LORA_PROMPTS * 4, GenerationConfig(engine="graph", **cfg), adapter_names=rows
+        )
+    assert len(set(hf.texts)) > len(LORA_PROMPTS)  # the adapters differ
+    assert graph.texts == hf.texts
+
+
+def test_sampling_is_seeded_and_samples_as_generate(chaotic, tok):  # noqa: F811
+    cfg = {
+        "max_new_tokens": 20,
+        "batch_size": 4,
+        "sample": True,
+        "temperature": 0.9,
+        "top_p": 0.95,
+        "seed": 7,
+    }
+    hf, graph = both(chaotic, tok, PROMPTS[:4], **cfg)
+    assert graph.texts == hf.texts  # same warpers, same RNG draws
+    again = generate(chaotic, tok, PROMPTS[:4], GenerationConfig(engine="graph", **cfg))
+    assert again.texts == graph.texts
+    other = generate(chaotic, tok, PROMPTS[:4], GenerationConfig(engine="graph", **{**cfg, "seed": 8}))
+    assert other.texts != graph.texts
+
+
+def test_cancel_and_progress_from_inside_a_batch(chaotic, tok):  # noqa: F811
+    steps: list[dict] = []
+    cfg = GenerationConfig(engine="graph", max_new_tokens=32, batch_size=7)
+    generate(chaotic, tok, PROMPTS, cfg, on_step=steps.append)
+    assert [s["batch_step"] for s in steps if s["batch_step"] % 16 == 0] == [16, 32]
+    assert all(s["batch_rows"] == 7 and s["tokens_per_s"] > 0 for s in steps)
+    with pytest.raises(GenerationCancelled):
+        generate(chaotic, tok, PROMPTS, cfg, should_stop=lambda: True)
+
+
+def test_a_look_that_says_stop_ends_the_batch(chaotic, tok):  # noqa: F811
+    """Inside a batch the loop asks `should_stop` at its looks (every CHECK_EVERY steps, at most once a
+    second); a look that says stop ends the batch there."""
+    enc = tok(PROMPTS[:3], padding=True, return_tensors="pt", padding_side="left")
+    pad = tok.pad_token_id
+    decoder = GraphDecoder(
+        chaotic, max_new_tokens=40, eos=[], pad_id=pad, picker=TokenPicker(False, 1.0, 1.0), graphs=True
+    )
+    with torch.inference_mode():
+        rows = decoder.run(
+            enc["input_ids"], enc["attention_mask"], on_look=lambda steps, _: steps >= 2 * CHECK_EVERY
+        )
+    assert all(len(r) == 40 for r in rows)
+    assert all(pad not in r[: 2 * CHECK_EVERY] and set(r[2 * CHECK_EVERY :]) == {pad} for r in rows)
+
+
+def test_models_the_loop_does_not_take(tiny_model_dir, tok):  # noqa: F811
+    model = get_peft_model(
+        _chaotic(tiny_model_dir), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    )
+    with pytest.raises(InvalidInput, match="prompt-learning"):
+        generate(model, tok, PROMPTS[:2], GenerationConfig(engine="graph", max_new_tokens=4))
+    # "auto" leaves it (and everything on a CPU) to generate
+    auto = generate(model, tok, PROMPTS[:2], GenerationConfig(max_new_tokens=4))
+    assert (
+        auto.texts
+        == generate(model, tok, PROMPTS[:2], GenerationConfig(engine="generate", max_new_tokens=4)).texts
+    )
+    with pytest.raises(InvalidInput, match="engine must be one of"):
+        GenerationConfig(engine="fast")
