@@ -84,3 +84,22 @@ def test_train_throughput_runs_both_paths_on_the_same_rows(tiny_model_dir, tmp_p
     losses = {v: result[v]["fixed_batch_loss"] for v in ("baseline", "ft-rows", "ft", "ft-fused")}
     assert len(set(losses.values())) == 1  # the same model and batch through both paths (no Liger on CPU)
     assert all(result[v]["real_tokens_per_s"] > 0 for v in losses) and result["ft"]["speed_vs_baseline"] > 0
+
+
+def test_fast_decoding_bench_runs_both_engines_in_one_process(tiny_model_dir, tmp_path):
+    bench = _load("bench_fast_decoding")
+    path = bench.main([
+        "--tokenizer", str(tiny_model_dir), "--data", str(FAULTS_TEST), "--shapes", "tiny", "--limit", "3",
+        "--max-new-tokens", "6", "--adapters", "2", "--skip-batch-16", "--out", str(tmp_path),
+    ])  # fmt: skip
+    report = json.loads(path.read_text(encoding="utf-8"))
+    (shape,) = report["shapes"]
+    runs = shape["runs"]
+    assert set(runs) == {"generate_b64", "graph_b64"}  # no fused run on a CPU
+    assert runs["generate_b64"]["new_tokens"] == runs["graph_b64"]["new_tokens"] == 3 * 6  # EOS ignored
+    assert runs["graph_b64"]["engine"] == "graph" and runs["generate_b64"]["engine"] == "generate"
+    assert shape["identical_to_generate_b64"] == 1.0  # fp32
+    assert shape["speedup"]["graph_over_generate_b64"] > 0
+    stacked = shape["stacked_lora"]
+    assert stacked["all"]["new_tokens"] == 2 * stacked["one"]["new_tokens"] == 2 * 3 * 6
+    assert report["commit"] and report["command"].startswith("python")

@@ -29,8 +29,9 @@ def fused_kernels_problem(model: Any) -> str | None:
     return None
 
 
-def apply_fused_kernels(model: Any) -> str:
-    """Patch `model` in place with Liger's kernels when possible; returns what was done, for the log."""
+def apply_fused_kernels(model: Any, *, loss: bool = True) -> str:
+    """Patch `model` in place with Liger's kernels when possible; returns what was done, for the log.
+    `loss=False` leaves the loss and the logits to transformers (decoding needs the logits)."""
     problem = fused_kernels_problem(model)
     if problem:
         return f"fused kernels not applied: {problem}"
@@ -42,7 +43,7 @@ def apply_fused_kernels(model: Any) -> str:
         rms_norm=True,
         swiglu=True,
         cross_entropy=False,
-        fused_linear_cross_entropy=True,
+        fused_linear_cross_entropy=loss,
     )
-    kinds = "RMSNorm, RoPE, SwiGLU, fused linear cross-entropy"
+    kinds = "RMSNorm, RoPE, SwiGLU" + (", fused linear cross-entropy" if loss else "")
     return f"fused kernels applied to {model.config.model_type} (Liger: {kinds})"
