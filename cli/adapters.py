@@ -153,6 +153,21 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
             click.echo(f"    {group}: {values}")
 
 
+def best_checkpoint(name: str, src: Path, best_step: int | None) -> Path:
+    """The directory of an adapter's best-scoring step: `best/` in its artifact, or the artifact itself
+    when the best step was the last one."""
+    from catalog.errors import InvalidInput
+    from worker.train.scoring import BEST
+
+    if best_step is None:
+        raise InvalidInput(f"adapter {name} was trained without --eval-metric: it has no best checkpoint")
+    if (src / BEST).is_dir():
+        click.echo(f"{name}: the best-scoring step, {best_step}")
+        return src / BEST
+    click.echo(f"{name}: the best-scoring step, {best_step}, is the last one")
+    return src
+
+
 @adapters.command()
 @click.argument("name")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
@@ -164,14 +179,23 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     show_default=True,
     help="Weights of a --merge export; auto: the base model's own dtype.",
 )
+@click.option(
+    "--checkpoint",
+    type=click.Choice(["last", "best"]),
+    default="last",
+    show_default=True,
+    help="best: the weights of the step that scored best (trained with --eval-metric).",
+)
 @pass_app
-def export(app: AppContext, name: str, dest: Path, merge: bool, dtype: str) -> None:
+def export(app: AppContext, name: str, dest: Path, merge: bool, dtype: str, checkpoint: str) -> None:
     """Copy an adapter's files to DEST (which must not exist), or merge it into a full model (with a
-    model card saying what was merged and in which dtype).
+    model card saying what was merged and in which dtype). An adapter trained with --eval-metric also
+    holds the weights of its best-scoring step: --checkpoint best exports those.
 
     \b
     Example:
         ft adapters export faults-lora ./faults-lora
+        ft adapters export faults-lora ./faults-best --checkpoint best
         ft adapters export faults-lora ./faults-merged --merge
         ft adapters export faults-lora ./faults-merged-bf16 --merge --dtype bf16
     """
@@ -179,13 +203,17 @@ def export(app: AppContext, name: str, dest: Path, merge: bool, dtype: str) -> N
     from catalog.errors import Conflict
     from catalog.integrity import verify_artifact
     from catalog.store import MANIFEST
+    from worker.train.scoring import BEST
 
     if dest.exists():
         raise Conflict(f"{dest} already exists: choose a new directory")
     with app.catalog.session() as s:
         a = get_adapter(s, name)
         method, uri, sha256, base = a.method, a.artifact_uri, a.sha256, a.base_model
+        best_step = (a.metrics or {}).get("best_step")
     src = verify_artifact(app.store, uri, sha256, f"adapter {name}")
+    if checkpoint == "best":
+        src = best_checkpoint(name, src, best_step)
     if merge:
         from worker.methods.saving import DTYPES, merge_to_dir
         from worker.models.directories import model_dir
@@ -197,7 +225,7 @@ def export(app: AppContext, name: str, dest: Path, merge: bool, dtype: str) -> N
         merge_to_dir(model_dir(app.store, base), src, dest, method=method, dtype=chosen, card=card)
         click.echo(f"merged {name} into {base.name} as {chosen}: {dest}")
         return
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(MANIFEST))
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(MANIFEST, BEST))
     config = dest / "adapter_config.json"
     if config.is_file():  # peft recorded this machine's path of the base: name what others can resolve
         data = json.loads(config.read_text(encoding="utf-8"))

@@ -154,4 +154,5 @@ def _read_result(path: Path) -> tuple[TrainResult, ParamCounts]:
     data = json.loads(path.read_text(encoding="utf-8"))
     result = data["result"]
     result["eval_losses"] = {int(k): v for k, v in result.get("eval_losses", {}).items()}
+    result["eval_metrics"] = {int(k): v for k, v in result.get("eval_metrics", {}).items()}
     return TrainResult(**result), ParamCounts(**data["counts"])

@@ -95,11 +95,51 @@ def train_prepared(ctx: JobContext, prep: Prepared) -> tuple[Any, TrainResult, P
                 progress.get("tokens_per_s") or 0.0,
             )  # fmt: skip
 
+    hooks = TrainHooks(on_progress=on_progress, should_stop=ctx.cancelled, score=step_scorer(ctx, prep))
     return run_training(
         prep.base_dir, prep.train_data, prep.spec.registered(), prep.spec.method_config, cfg, prep.paths,
-        TrainHooks(on_progress=on_progress, should_stop=ctx.cancelled),
+        hooks,
         eval_data=prep.eval_data, trust_remote_code=prep.base.trust_remote_code, parent=prep.parent_dir,
     )  # fmt: skip
+
+
+def step_scorer(ctx: JobContext, prep: Prepared) -> Any:
+    """`--eval-metric`'s hook (worker/train/scoring.py), or None without one."""
+    cfg = prep.spec.train
+    if cfg.eval_metric is None:
+        return None
+    from catalog.models import Dataset, PromptTemplate
+    from datasets_prep.canonical import load_split
+    from worker.methods.saving import save_artifact
+    from worker.train.scoring import StepScorer, sample_rows
+
+    with ctx.catalog.session() as s:
+        dataset = s.get_one(Dataset, prep.spec.data.dataset_id)
+        template = s.get_one(PromptTemplate, prep.spec.data.template_id)
+        kind, body = template.kind, template.body
+        rows = sample_rows(list(load_split(ctx.store, dataset, cfg.eval_split)), cfg.eval_rows, cfg.seed)
+
+    def save(model: Any, directory: Path, card: dict[str, Any]) -> None:
+        card = {"name": prep.spec.name, "base_model": prep.base.name, **card}
+        save_artifact(model, prep.spec.method, directory, tokenizer=prep.tokenizer, card=card)
+
+    conversion = prep.conversion
+    return StepScorer(
+        rows=rows, template_kind=kind, template_body=body, tokenizer=prep.tokenizer, metric=cfg.eval_metric,
+        max_source_len=conversion.max_source_len or conversion.max_len, workdir=ctx.workdir, save=save,
+        log=ctx.log,
+    )  # fmt: skip
+
+
+def keep_best(ctx: JobContext, staged: Path, result: TrainResult) -> None:
+    """Put the best scored step's weights into the adapter (`best/`) unless the best is the last step."""
+    import shutil
+
+    from worker.train.scoring import BEST, read_best
+
+    best = read_best(ctx.workdir)
+    if best is not None and best["step"] != result.steps:
+        shutil.copytree(ctx.workdir / BEST, staged / BEST)
 
 
 def artifact_card(
@@ -128,6 +168,15 @@ def artifact_card(
         "attempts": ctx.job.attempts,
         "gpus": spec.train.gpus,
     }
+    if result.eval_metrics:
+        from worker.train.scoring import read_best
+
+        best = read_best(ctx.workdir)
+        metrics["eval_metric"] = spec.train.eval_metric
+        metrics["eval_metrics"] = {
+            str(step): summary for step, summary in sorted(result.eval_metrics.items())
+        }
+        metrics["best_step"] = best["step"] if best else None
     return {
         "name": spec.name,
         "base_model": base.name,
@@ -168,6 +217,7 @@ def run_train(ctx: JobContext) -> Finish:
             ctx.report({"stage": "save", "step": result.steps, "total": result.total_steps})
             card = artifact_card(ctx, prep, result, counts)
             save_artifact(model, spec.method, staged, tokenizer=prep.tokenizer, card=card)
+        keep_best(ctx, staged, result)  # either way, the best scored step's weights (--eval-metric)
         artifact = ctx.store.commit(staged, "adapters")
     ctx.log.info("saved %s (%d bytes, sha256 %s)", artifact.uri, artifact.size_bytes, artifact.sha256)
     card = artifact_card(ctx, prep, result, counts)

@@ -77,6 +77,12 @@ class TrainConfig:
     """Dataset split whose loss is measured every --eval-steps and at the end (--eval-split); None: none."""
     eval_steps: int | None = None
     """Evaluate every N optimizer steps (--eval-steps); None: at --save-steps."""
+    eval_metric: str | None = None
+    """Also generate on --eval-rows rows of --eval-split at every evaluation and score them with this
+    metric (--eval-metric, e.g. triple-f1): the curve is recorded per step, and the best step's weights
+    are kept in the adapter (`ft adapters export NAME DEST --checkpoint best`)."""
+    eval_rows: int = 50
+    """Rows of --eval-split the --eval-metric generates on (a seeded sample; all when fewer)."""
     logging_steps: int = 10
     """Write TensorBoard scalars and a log line every N optimizer steps (--logging-steps); a run shorter
     than 20 x N steps writes every 1/20 of it, so that a short run still draws a curve."""
@@ -132,6 +138,16 @@ class TrainConfig:
             raise InvalidInput(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer!r})")
         if self.eval_steps is not None:
             _whole(self.eval_steps, "--eval-steps", minimum=1)
+        _whole(self.eval_rows, "--eval-rows", minimum=1)
+        if self.eval_metric is not None:
+            from worker.evaluation.metrics import get_metric
+
+            if self.eval_split is None:
+                raise InvalidInput("--eval-metric scores generations on a split: give --eval-split too")
+            try:
+                get_metric(self.eval_metric)
+            except InvalidInput as exc:
+                raise InvalidInput(f"--eval-metric: {exc}") from None
         _whole(self.logging_steps, "--logging-steps", minimum=1)
         _whole(self.gpus, "--gpus", minimum=1)
         if self.gpus > MAX_GPUS:

@@ -74,6 +74,10 @@ class TrainHooks:
 
     on_progress: Callable[[dict[str, Any]], None] = _no_progress
     should_stop: Callable[[], bool] = _never
+    score: Callable[[nn.Module, int], dict[str, float]] | None = None
+    """At each evaluation (every --eval-steps and the last step; rank 0): generate with the model at
+    that step and score it (worker/train/scoring.py). The summaries are kept per step in checkpoints
+    and in `TrainResult.eval_metrics`, and go to TensorBoard as eval/<key>."""
 
 
 @dataclass
@@ -96,6 +100,8 @@ class TrainResult:
     """Training rows with no answer token within --max-len."""
     resumed_from: int | None = None
     eval_losses: dict[int, float] = field(default_factory=dict)
+    eval_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    """The `score` hook's summary at each step it ran (resumed runs included)."""
 
 
 class TrainingOOM(InvalidInput):
@@ -285,7 +291,9 @@ def train(
     seed_everything(cfg.seed)
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, plan.total_steps)
-    state: dict[str, Any] = {"tokens_seen": 0, "losses": [], "train_seconds": 0.0, "eval_losses": {}}
+    state: dict[str, Any] = {
+        "tokens_seen": 0, "losses": [], "train_seconds": 0.0, "eval_losses": {}, "eval_metrics": {}
+    }  # fmt: skip
     start = 0
     checkpoint = latest_checkpoint(out.checkpoints) if resume else None
     if checkpoint is not None:
@@ -296,6 +304,7 @@ def train(
                 f"delete {out.checkpoints} to start over"
             )
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        state.setdefault("eval_metrics", {})
         start = state["step"]
         log.info("resuming from %s at step %d of %d", checkpoint, start, plan.total_steps)
 
@@ -366,6 +375,11 @@ def train(
                 state["eval_losses"][str(step)] = progress["eval_loss"] = eval_loss
                 if writer is not None:
                     writer.add_scalar("eval/loss", eval_loss, step)
+            if hooks.score is not None and ranks.main and (step % eval_every == 0 or last):
+                summary = hooks.score(model, step)
+                state["eval_metrics"][str(step)] = progress["eval_metric"] = summary
+                for key, value in summary.items() if writer is not None else ():
+                    writer.add_scalar(f"eval/{key}", value, step)
             if step % log_every == 0 or last:
                 _log(writer, progress, window)
                 window.clear()
@@ -398,4 +412,5 @@ def train(
         skipped_rows=rows.skipped,
         resumed_from=start if checkpoint is not None else None,
         eval_losses={int(k): v for k, v in state["eval_losses"].items()},
+        eval_metrics={int(k): v for k, v in state["eval_metrics"].items()},
     )
