@@ -143,6 +143,9 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
         ("final loss", f"{d['final_loss']:.4f}" if d["final_loss"] is not None else "-"),
         ("artifact", f"{d['path']} ({human_bytes(d['size_bytes'])}, sha256 {d['sha256'][:16]}...)"),
     ]
+    curve = metric_curve(d.get("metrics") or {})
+    if curve:
+        lines.insert(-1, ("eval metric", curve))
     for key, value in lines:
         click.echo(f"  {key:<14}{value}")
     click.echo("  hyper-parameters:")
@@ -151,6 +154,17 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
             click.echo(f"    {group}: " + ", ".join(f"{k}={v}" for k, v in values.items() if v is not None))
         else:
             click.echo(f"    {group}: {values}")
+
+
+def metric_curve(metrics: dict[str, Any]) -> str | None:
+    """`--eval-metric`'s curve in one line: "triple-f1 f1 by step: 10 0.21, 20 0.34 (best: 20)"."""
+    if not metrics.get("eval_metrics"):
+        return None
+    from worker.evaluation.metrics import get_metric
+
+    headline = get_metric(metrics["eval_metric"]).headline
+    points = ", ".join(f"{step} {m[headline]:.3f}" for step, m in metrics["eval_metrics"].items())
+    return f"{metrics['eval_metric']} {headline} by step: {points} (best: {metrics.get('best_step')})"
 
 
 def best_checkpoint(name: str, src: Path, best_step: int | None) -> Path:

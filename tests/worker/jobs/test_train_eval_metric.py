@@ -44,6 +44,12 @@ def test_a_train_job_scores_every_evaluation_and_keeps_the_best_step(
     best = max(curve.values(), key=lambda m: m["f1"])["f1"]
     assert metrics["best_step"] == min(int(step) for step, m in curve.items() if m["f1"] == best)
 
+    shown = ft("adapters", "show", "scored").output
+    assert (
+        f"triple-f1 f1 by step: 1 {curve['1']['f1']:.3f}, 2 " in shown
+        and f"(best: {metrics['best_step']})" in shown
+    )
+
     artifact = store.path(uri)
     if metrics["best_step"] == 3:  # the last step: the adapter itself is the best
         assert not (artifact / BEST).exists()
