@@ -24,6 +24,7 @@ def rank_main(job_id: int, staged: Path, run_dir: Path) -> None:
     from worker.jobs.train import artifact_card, prepare, train_prepared
     from worker.methods.saving import save_artifact
     from worker.train.distributed import Ranks
+    from worker.train.sharding import full_state, is_sharded
 
     ranks = Ranks.from_env()
     logging.basicConfig(
@@ -48,10 +49,14 @@ def rank_main(job_id: int, staged: Path, run_dir: Path) -> None:
         )
         prep = prepare(ctx)
         model, result, counts = train_prepared(ctx, prep)
+        # a sharded (FSDP) model's weights are gathered by every rank; rank 0 writes them
+        weights = full_state(model, None)[0] if is_sharded(model) else None
         if ranks.main:
             report({"stage": "save", "step": result.steps, "total": result.total_steps})
             card = artifact_card(ctx, prep, result, counts)
-            save_artifact(model, prep.spec.method, staged, tokenizer=prep.tokenizer, card=card)
+            save_artifact(
+                model, prep.spec.method, staged, tokenizer=prep.tokenizer, card=card, state_dict=weights
+            )
             out = {"result": dataclasses.asdict(result), "counts": dataclasses.asdict(counts)}
             write_json(run_dir / "result.json", out)
         ranks.barrier()

@@ -75,8 +75,22 @@ class ArtifactFormat:
     """continue_from(prepared_model, parent_dir): the parent's trained tensors into a model its method
     just prepared, for `--from ADAPTER` (a format that is a whole model is loaded from instead)."""
 
-    def save(self, model: Any, out: Path, tokenizer: Any = None, card: dict[str, Any] | None = None) -> None:
-        self.write(model, out, tokenizer, dict(card or {}))
+    def save(
+        self,
+        model: Any,
+        out: Path,
+        tokenizer: Any = None,
+        card: dict[str, Any] | None = None,
+        state_dict: dict[str, Any] | None = None,
+    ) -> None:
+        """`state_dict`: the weights to write instead of the model's own (a sharded model's, gathered:
+        worker/train/sharding.py); whole-model formats only."""
+        if state_dict is None:
+            self.write(model, out, tokenizer, dict(card or {}))
+        elif self.shares_base:
+            raise ValueError(f"a {self.kind} artifact is written from its model, not from a state dict")
+        else:
+            self.write(model, out, tokenizer, dict(card or {}), state_dict=state_dict)
 
 
 # ---------------------------------------------------------------- peft
@@ -296,8 +310,10 @@ FREEZE = ArtifactFormat(
 # ---------------------------------------------------------------- full
 
 
-def _write_full(model: Any, out: Path, tokenizer: Any, card: dict[str, Any]) -> None:
-    model.save_pretrained(out, safe_serialization=True)
+def _write_full(
+    model: Any, out: Path, tokenizer: Any, card: dict[str, Any], state_dict: dict[str, Any] | None = None
+) -> None:
+    model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
 

@@ -35,16 +35,18 @@ def save_artifact(
     out_dir: Path | str,
     tokenizer: Any = None,
     card: dict[str, Any] | None = None,
+    state_dict: dict[str, Any] | None = None,
 ) -> Path:
     """Save what `method` trained into `out_dir` (created), with a model card built from `card`
-    (keys: name, base_model, dataset, template, job, parent, hyperparameters, metrics, ... any other)."""
+    (keys: name, base_model, dataset, template, job, parent, hyperparameters, metrics, ... any other).
+    `state_dict`: a sharded model's gathered weights (whole-model methods)."""
     from worker.models.loading import count_parameters
 
     fmt = get_method(method).artifact
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     card = dict(card or {})
-    fmt.save(model, out, tokenizer, {**card, "method": method})
+    fmt.save(model, out, tokenizer, {**card, "method": method}, state_dict=state_dict)
     counts = count_parameters(model)
     params = {"trainable": counts.trainable, "total": counts.total}
     params["trainable_percent"] = round(counts.percent, 4)

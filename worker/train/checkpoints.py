@@ -29,6 +29,7 @@ from torch import nn
 
 from catalog.errors import InvalidInput
 from catalog.store import fsync_path
+from worker.train.sharding import OPTIMIZER_FORMAT, is_sharded, load_full_state
 
 MARKER = "COMPLETE"
 WEIGHTS = "trainable.safetensors"
@@ -127,15 +128,22 @@ def save_checkpoint(
     state: dict[str, Any],
     *,
     keep: int,
+    whole: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
 ) -> Path:
-    """Write the checkpoint of `step` atomically, then keep only the last `keep` complete ones."""
+    """Write the checkpoint of `step` atomically, then keep only the last `keep` complete ones. `whole`
+    is a sharded model's gathered (weights, optimizer state by name) (worker/train/sharding.py)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), tmp / WEIGHTS)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if whole is not None:
+        save_file(whole[0], tmp / WEIGHTS)
+        torch.save(whole[1], tmp / "optimizer.pt")
+        state = {**state, "optimizer_format": OPTIMIZER_FORMAT}
+    else:
+        save_file(trainable_state(model), tmp / WEIGHTS)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     save_rng_state(tmp)
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
@@ -172,7 +180,16 @@ def read_state(path: Path) -> dict[str, Any]:
 def load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> dict[str, Any]:
-    """Restore trainable weights, optimizer, scheduler and RNG from `path`; returns its state.json."""
+    """Restore trainable weights, optimizer, scheduler and RNG from `path`; returns its state.json.
+    A checkpoint of a sharded run (its optimizer state keyed by name) loads into a sharded or a plain
+    model; one of a plain run only into a plain model."""
+    by_name = read_state(path).get("optimizer_format") == OPTIMIZER_FORMAT
+    sharded = is_sharded(model)
+    if sharded and not by_name:
+        raise InvalidInput(
+            f"checkpoint {path} was written by an unsharded run: resume it with --no-fsdp, or delete "
+            "the checkpoints to start over"
+        )
     weights = load_file(path / WEIGHTS)
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
@@ -184,10 +201,14 @@ def load_checkpoint(
             f"unexpected {extra[:3]}, other shape {reshaped[:3]}): were the method or its flags changed? "
             "Delete the checkpoints to start over."
         )
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    optim = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    if by_name:
+        load_full_state(model, optimizer, weights, optim)
+    else:
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+        optimizer.load_state_dict(optim)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     # Our own file, holding python/numpy generator states that weights_only cannot represent.
     load_rng_state(path)

@@ -91,6 +91,10 @@ class TrainConfig:
     torchrun, each taking its share of every step's micro-batches; the update is the one-GPU update (the
     same effective batch), so a job may resume on another number of GPUs."""
 
+    fsdp: bool = True
+    """With --method full and --gpus above 1: shard the weights, gradients and optimizer state over the
+    GPUs (PyTorch FSDP), so a model too big for one GPU trains (--no-fsdp: a whole copy on each GPU)."""
+
     gpu_class: str | None = None
     """Run only on GPUs of this class, as `ft workers list` shows it, e.g. h100-80gb (--gpu-class)."""
     min_gpu_memory: str | None = None

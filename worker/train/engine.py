@@ -44,6 +44,7 @@ from worker.train.checkpoints import latest_checkpoint, load_checkpoint, read_st
 from worker.train.config import TrainConfig
 from worker.train.distributed import Ranks
 from worker.train.optimization import build_optimizer, build_scheduler, seed_everything
+from worker.train.sharding import even_share, full_state, is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -205,19 +206,24 @@ def _accumulate(
     pad_to: int,
     autocast: Any,
     ranks: Ranks = ONE_PROCESS,
+    sharded: bool = False,
 ) -> tuple[float, int]:
     """Forward and backward over this rank's share of one step's micro-batches, each weighted by its
     share of the whole step's target tokens; returns (this rank's part of the step's loss per target
-    token, input tokens processed here). Summed over the ranks, both are the one-process values."""
+    token, input tokens processed here). Summed over the ranks, both are the one-process values.
+    Sharded, every rank runs as many passes as the busiest one (repeats weighted 0)."""
     device = model_device(model)
     n_targets = sum(rows.targets[i] for idx in micro for i in idx)
     total, tokens = torch.zeros((), device=device), 0
-    for idx in ranks.share(micro):
+    mine = ranks.share(micro)
+    passes = even_share(mine, micro, ranks.max(len(mine), device)) if sharded else [(m, True) for m in mine]
+    for idx, counts in passes:
         batch = collate(rows, idx, pad_id, pad_to)
-        tokens += int(batch["attention_mask"].sum())
+        tokens += int(batch["attention_mask"].sum()) if counts else 0
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        weight = sum(rows.targets[i] for i in idx) / n_targets if counts else 0.0
         with autocast():
-            loss = model(**batch).loss * (sum(rows.targets[i] for i in idx) / n_targets)
+            loss = model(**batch).loss * weight
         loss.backward()
         total += loss.detach().float()
     return float(total), tokens
@@ -283,6 +289,9 @@ def train(
         )
     hooks = hooks or TrainHooks()
     ranks = Ranks.current()
+    sharded = ranks.many and is_sharded(model)  # FSDP (worker/train/sharding.py): every rank in every pass
+    if sharded and hooks.score is not None:
+        raise InvalidInput("--eval-metric cannot generate with a sharded (FSDP) full job: add --no-fsdp")
     device = model_device(model)
     rows = load_rows(train_data).sample(cfg.max_samples, cfg.seed)
     eval_rows = load_rows(eval_data, what="evaluation data") if eval_data is not None else None
@@ -317,7 +326,8 @@ def train(
     # A short run still draws a curve: at least ~20 points, never sparser than --logging-steps.
     log_every = max(1, min(cfg.logging_steps, plan.total_steps // 20))
     params = [p for p in model.parameters() if p.requires_grad]
-    ranks.broadcast_params(params)
+    if not sharded:
+        ranks.broadcast_params(params)
     step, stopped, eval_loss = start, False, None
     began, call_tokens = time.perf_counter(), 0
     window: list[float] = []
@@ -336,8 +346,10 @@ def train(
                     pad_to,
                     autocast,
                     ranks,
+                    sharded,
                 )
-                ranks.all_reduce_grads(params)
+                if not sharded:  # FSDP has summed them in its reduce-scatter
+                    ranks.all_reduce_grads(params)
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
@@ -370,7 +382,7 @@ def train(
                 "elapsed_s": state["train_seconds"] + elapsed,
             }
             last = step == plan.total_steps
-            if eval_rows is not None and ranks.main and (step % eval_every == 0 or last):
+            if eval_rows is not None and (ranks.main or sharded) and (step % eval_every == 0 or last):
                 eval_loss = evaluate(model, eval_rows, cfg.batch_size, pad_id, autocast, pad_to)
                 state["eval_losses"][str(step)] = progress["eval_loss"] = eval_loss
                 if writer is not None:
@@ -385,12 +397,15 @@ def train(
                 window.clear()
             if ranks.main:
                 hooks.on_progress(progress)
-            if ranks.main and (step % cfg.save_steps == 0 or last):
+            if step % cfg.save_steps == 0 or last:
+                whole = full_state(model, optimizer) if sharded else None  # gathered by every rank
                 snapshot = {**state, "fingerprint": fingerprint}
                 snapshot.update(tokens_seen=progress["tokens_seen"], train_seconds=progress["elapsed_s"])
-                save_checkpoint(
-                    out.checkpoints, step, model, optimizer, scheduler, snapshot, keep=cfg.save_total_limit
-                )
+                if ranks.main:
+                    keep = cfg.save_total_limit
+                    save_checkpoint(
+                        out.checkpoints, step, model, optimizer, scheduler, snapshot, keep=keep, whole=whole
+                    )
     finally:
         if writer is not None:
             writer.close()

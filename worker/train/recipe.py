@@ -23,6 +23,7 @@ from worker.methods import Method
 from worker.models.loading import ParamCounts, count_parameters, default_device, load_base, load_tokenizer
 from worker.models.loading import pad_token_id as tokenizer_pad_id
 from worker.train.config import TrainConfig
+from worker.train.distributed import Ranks
 from worker.train.engine import TrainHooks, TrainPaths, TrainResult, train
 from worker.train.kernels import apply_fused_kernels
 from worker.train.optimization import seed_everything
@@ -64,6 +65,11 @@ def run_training(
     if cfg.fused_kernels:
         log.info("%s", apply_fused_kernels(base))
     model = method.prepare(base, method_cfg)
+    if not method.artifact.shares_base and cfg.fsdp and Ranks.current().many:
+        from worker.train.sharding import shard_model
+
+        log.info("sharding the model over %d ranks (FSDP)", Ranks.current().world)
+        shard_model(model)
     if parent is not None and not whole:
         if method.artifact.continue_from is None:
             raise InvalidInput(f"--method {method.name} artifacts cannot be continued (--from)")

@@ -114,3 +114,41 @@ def test_a_killed_rank_fails_the_attempt_and_the_job_resumes_from_its_checkpoint
         assert [a.name for a in list_adapters(s)] == ["faults-rank-killed"]
     # seen between the attempts (queued again, saying why) or already in the second one
     assert requeued.attempts >= 2 or (requeued.status == "queued" and requeued.error.endswith("; re-queued"))
+
+
+def test_a_two_gpu_full_job_is_sharded_and_registers_a_whole_model(trainable, settings, workers: Workers):
+    """`--method full --gpus 2`: FSDP over the two ranks (worker/train/sharding.py); rank 0 writes the
+    gathered weights as an ordinary model directory that loads on its own and differs from the base."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from catalog.store import ArtifactStore
+    from tests.worker.jobs.test_train_job import submit_train
+    from worker.jobs.celery_app import make_celery
+    from worker.jobs.messages import send_job
+    from worker.models.directories import model_dir
+
+    env = two_gpus()
+    worker = workers.start(env, "--queues", "cpu,gpu", "--gpus", "all")
+    job_id = submit_train(
+        trainable, settings, "faults-full", "full", {}, gpus=2, batch_size=2, grad_accum=2, max_steps=4,
+        save_steps=2, lr=1e-4,
+    )  # fmt: skip
+    send_job(make_celery(settings), job_id, queue="gpu", priority=0)
+    job = wait_finished(trainable, job_id, workers)
+    assert job.status == "succeeded", (job.error or "") + workers.dump()
+    log = run_ft(env, "jobs", "logs", str(job_id)).stdout
+    assert "sharding the model over 2 ranks (FSDP)" in log, log
+    with trainable.session() as s:
+        (adapter,) = [a for a in list_adapters(s) if a.name == "faults-full"]
+        store = ArtifactStore(settings.artifacts)
+        base_path, artifact = model_dir(store, adapter.base_model), store.path(adapter.artifact_uri)
+    assert adapter.method == "full" and adapter.metrics["gpus"] == 2
+    model = AutoModelForCausalLM.from_pretrained(artifact, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    trained, original = model.state_dict(), base.state_dict()
+    assert trained.keys() == original.keys()
+    assert any(not torch.equal(trained[k], original[k]) for k in trained)  # it trained, and was saved whole
+    assert set(load_file(artifact / "model.safetensors")) >= {k for k in trained if "layers.1." in k}
+    assert workers.stop(worker) == 0
