@@ -276,9 +276,7 @@ class _Session:
         cfg, cuda = self.cfg, self.device.type == "cuda"
         if cfg.engine == "generate" or (cfg.engine == "auto" and (not cuda or cfg.static_cache)):
             return None
-        reason = unsupported_reason(
-            self.model, prompt_learning=self.prompt_learning is not None, streamer=None
-        )
+        reason = unsupported_reason(self.model, streamer=None)
         if reason is not None:
             if cfg.engine == "graph":
                 raise InvalidInput(f"the graph decoding engine cannot decode with {reason}")
@@ -291,6 +289,7 @@ class _Session:
             picker=TokenPicker(cfg.sample, cfg.temperature, cfg.top_p),
             graphs=True,
             cache_kwarg=self.cache_kwarg,
+            prompt_learning=self.prompt_learning,
         )
 
     def run(

@@ -24,9 +24,11 @@ and runs whatever modules the model holds (peft LoRA, stacked LoRA with its per-
 batch, swapped freeze blocks). The model's own modules and transformers' `StaticCache` do the maths,
 so outputs follow the model (greedy outputs equal `generate`'s in fp32: tests/worker/evaluation/).
 
-What it does not take (the caller falls back to `generate`): prompt-learning adapters (their virtual
-tokens or prefix are not plain prompt tokens), attention implementations that take no 4-D mask
-(flash-attention), a streamer, and models whose forward has no `logits_to_keep`.
+Prompt-learning adapters decode as worker/evaluation/hf_decoding.py feeds them to `generate`: virtual-
+token embeddings before the prompt's (p-tuning, prompt tuning), or the trained key/value prefix in the
+cache's first slots (prefix tuning). What it does not take (the caller falls back to `generate`):
+attention implementations that take no 4-D mask (flash-attention), a streamer, and models whose
+forward has no `logits_to_keep`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from peft import PeftType
 from transformers import StaticCache
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
@@ -54,10 +57,8 @@ StepHook = Callable[[int, torch.Tensor], bool]
 True stops the batch (cancellation)."""
 
 
-def unsupported_reason(model: Any, *, prompt_learning: bool, streamer: Any) -> str | None:
+def unsupported_reason(model: Any, *, streamer: Any) -> str | None:
     """Why this loop cannot decode for `model` (then the caller uses transformers' `generate`), or None."""
-    if prompt_learning:
-        return "a prompt-learning adapter"
     if streamer is not None:
         return "a streamer"
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -104,7 +105,13 @@ class GraphDecoder:
         picker: TokenPicker,
         graphs: bool,
         cache_kwarg: str = "cache",
+        prompt_learning: PeftType | None = None,
     ) -> None:
+        """`prompt_learning`: the peft type of `model`'s prompt-learning adapter (p-tuning, prompt or
+        prefix tuning), whose base then runs the forward passes; None for every other model."""
+        self.prompt_learning, self.peft = prompt_learning, model
+        if prompt_learning is not None:
+            model = model.base_model
         self.model, self.max_new, self.pad_id, self.pick, self.graphs = (
             model,
             max_new_tokens,
@@ -129,14 +136,19 @@ class GraphDecoder:
         on_look: StepHook | None = None,
     ) -> list[list[int]]:
         """The generated tokens of each row (max_new_tokens of them; after a row's end, pad ids)."""
-        rows, prompt_len = input_ids.shape
-        device = input_ids.device
+        rows, device = input_ids.shape[0], input_ids.device
         dtype = self.model.get_input_embeddings().weight.dtype
-        cache = StaticCache(config=self.config, max_cache_len=prompt_len + self.max_new)
-        attend = torch.zeros((rows, prompt_len + self.max_new), dtype=torch.bool, device=device)
-        attend[:, :prompt_len] = mask.bool()
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = self._prefill(input_ids, attend, positions, cache, dtype)
+        inputs, mask, prefix = self._prompt_inputs(input_ids, mask, dtype)
+        lead = prefix.get_seq_length() if prefix is not None else 0  # the prefix's slots come first
+        prompt_len = mask.shape[1]
+        cache = StaticCache(config=self.config, max_cache_len=lead + prompt_len + self.max_new)
+        for layer, cached in enumerate(prefix.layers if prefix is not None else ()):
+            cache.update(cached.keys.to(dtype), cached.values.to(dtype), layer)
+        attend = torch.zeros((rows, lead + prompt_len + self.max_new), dtype=torch.bool, device=device)
+        attend[:, :lead] = True
+        attend[:, lead : lead + prompt_len] = mask.bool()
+        positions = (attend[:, : lead + prompt_len].long().cumsum(-1) - 1).clamp(min=0)[:, lead:]
+        logits = self._prefill(inputs, attend, positions, cache, dtype, lead)
 
         neg = torch.finfo(dtype).min
         step_mask = torch.zeros((rows, 1, 1, attend.shape[1]), dtype=dtype, device=device)
@@ -144,7 +156,7 @@ class GraphDecoder:
         state = _StepState(
             ids=torch.full((rows, 1), self.pad_id, dtype=torch.long, device=device),
             positions=positions[:, -1:] + 1,
-            column=torch.tensor([prompt_len], dtype=torch.long, device=device),
+            column=torch.tensor([lead + prompt_len], dtype=torch.long, device=device),
             mask=step_mask,
         )
         step = self._step_fn(state, cache)
@@ -174,21 +186,39 @@ class GraphDecoder:
             generated[r][n:] = [self.pad_id] * (self.max_new - n)
         return generated
 
+    def _prompt_inputs(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, Any]:
+        """(the prefill's inputs, their attention mask, a prefix-tuning adapter's key/value prefix or
+        None), as worker/evaluation/hf_decoding.py lays them out for `generate`: p-tuning and prompt
+        tuning put their virtual-token embeddings before the (left-padded) prompt's; prefix tuning
+        puts its trained keys and values in the cache's first slots, the prompt's positions after."""
+        if self.prompt_learning is None:
+            return {"input_ids": input_ids}, mask, None
+        rows = input_ids.shape[0]
+        if self.prompt_learning == PeftType.PREFIX_TUNING:
+            return {"input_ids": input_ids}, mask, self.peft.get_prompt(batch_size=rows)
+        embeds = self.peft.word_embeddings(input_ids)
+        virtual = self.peft.get_prompt(batch_size=rows).to(embeds.dtype)
+        ones = torch.ones(virtual.shape[:2], dtype=mask.dtype, device=mask.device)
+        return {"inputs_embeds": torch.cat((virtual, embeds), 1)}, torch.cat((ones, mask), 1), None
+
     def _prefill(
         self,
-        input_ids: torch.Tensor,
+        inputs: dict[str, torch.Tensor],
         attend: torch.Tensor,
         positions: torch.Tensor,
         cache: StaticCache,
         dtype: torch.dtype,
+        lead: int,
     ) -> torch.Tensor:
-        prompt_len, slots = input_ids.shape[1], attend.shape[1]
-        causal = torch.ones((prompt_len, slots), dtype=torch.bool, device=input_ids.device).tril()
+        prompt_len, slots, device = positions.shape[1], attend.shape[1], attend.device
+        causal = torch.ones((prompt_len, slots), dtype=torch.bool, device=device).tril(diagonal=lead)
         allowed = attend[:, None, None, :] & causal[None, None]
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=input_ids.device)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
         out = self.model(
-            input_ids=input_ids,
+            **inputs,
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,

@@ -2,7 +2,8 @@
 tiny real Llama, CPU, fp32: the same greedy texts and token counts for padded batches, EOS, the
 repeated-line stop, a LoRA adapter, stacked LoRA adapters with per-row names and a freeze-style
 model; seeded sampling as transformers samples; cancellation and progress from inside a batch; and
-the models it does not take are refused by name (engine="graph") or left to `generate` ("auto").
+prompt-learning adapters of the three kinds; what it does not take is refused by name (engine="graph"),
+and "auto" leaves a CPU to `generate`.
 
 On CPU the loop runs its step eagerly; the CUDA graph capture of the same step is measured on a GPU
 (bench/bench_fast_decoding.py), where the share of identical bf16 outputs is reported.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import LoraConfig, PromptTuningConfig, get_peft_model
+from peft import LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 
 from catalog.errors import InvalidInput
 from tests.worker.evaluation.test_generation import PROMPTS, _chaotic, chaotic, looping, tok  # noqa: F401
@@ -118,17 +119,36 @@ def test_a_look_that_says_stop_ends_the_batch(chaotic, tok):  # noqa: F811
     assert all(pad not in r[: 2 * CHECK_EVERY] and set(r[2 * CHECK_EVERY :]) == {pad} for r in rows)
 
 
-def test_models_the_loop_does_not_take(tiny_model_dir, tok):  # noqa: F811
-    model = get_peft_model(
-        _chaotic(tiny_model_dir), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
-    )
-    with pytest.raises(InvalidInput, match="prompt-learning"):
+@pytest.mark.parametrize(
+    "peft_config",
+    [
+        PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
+        PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, encoder_hidden_size=32),
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
+    ],
+    ids=["prefix-tuning", "p-tuning", "prompt-tuning"],
+)
+def test_prompt_learning_adapters_equal_generate(tiny_model_dir, tok, peft_config):  # noqa: F811
+    """Virtual tokens before the left-padded prompt, or a key/value prefix in the first cache slots,
+    laid out as generate is fed them (itself checked against teacher forcing in test_generation.py)."""
+    torch.manual_seed(0)
+    model = get_peft_model(_chaotic(tiny_model_dir), peft_config).eval()
+    hf, graph = both(model, tok, PROMPTS, max_new_tokens=16, batch_size=4)
+    assert graph.texts == hf.texts and graph.new_tokens == hf.new_tokens
+
+
+def test_what_the_loop_does_not_take(tiny_model_dir, tok):  # noqa: F811
+    model = _chaotic(tiny_model_dir)
+    model.config._attn_implementation = "flash_attention_2"  # takes no 4-D mask
+    with pytest.raises(InvalidInput, match="cannot decode with attention implementation 'flash_attention_2'"):
         generate(model, tok, PROMPTS[:2], GenerationConfig(engine="graph", max_new_tokens=4))
-    # "auto" leaves it (and everything on a CPU) to generate
-    auto = generate(model, tok, PROMPTS[:2], GenerationConfig(max_new_tokens=4))
+    model.config._attn_implementation = "sdpa"
+    # "auto" leaves everything on a CPU to generate
+    cfg = {"max_new_tokens": 4, "batch_size": 2}
+    auto = generate(model, tok, PROMPTS[:2], GenerationConfig(**cfg))
     assert (
-        auto.texts
-        == generate(model, tok, PROMPTS[:2], GenerationConfig(engine="generate", max_new_tokens=4)).texts
+        auto.engine == "generate"
+        and generate(model, tok, PROMPTS[:2], GenerationConfig(engine="graph", **cfg)).engine == "graph"
     )
     with pytest.raises(InvalidInput, match="engine must be one of"):
         GenerationConfig(engine="fast")
