@@ -1,7 +1,7 @@
 """transformers' `generate` as ft's second decoding engine: its configuration, and the inputs that make
 prompt-learning adapters decode right on transformers 5.24 (worker/evaluation/generation.py runs it
-where the graph loop of worker/evaluation/graph_decoding.py does not: CPU by default, prompt learning,
-streaming)."""
+where the graph loop of worker/evaluation/graph_decoding.py does not: on a CPU by default, and for a
+streamer; the graph loop lays prompt-learning inputs out the same way)."""
 
 from __future__ import annotations
 
