@@ -9,6 +9,7 @@ another method, is refused with the flag that would fix it.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -200,10 +201,14 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
     if dry_run:
         from cli.output import print_json
 
+        memory = memory_estimate(app, spec, report)
         if as_json:
-            print_json({"spec": spec.to_json(), "lengths": report.to_json() if report else None})
+            print_json({"spec": spec.to_json(), "lengths": report.to_json() if report else None,
+                        "memory": memory})  # fmt: skip
         else:
             click.echo(yaml.safe_dump(spec.to_json(), sort_keys=False, allow_unicode=True), nl=False)
+            if memory is not None:
+                click.echo(f"memory: {memory['describe']}", err=True)
             click.echo("dry run: nothing was queued", err=True)
         return
     if report is not None:
@@ -221,3 +226,25 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
             err=True,
         )
     report_submitted(app, job_row, wait=wait, as_json=as_json)
+
+
+def memory_estimate(app: AppContext, spec: Any, report: Any) -> dict[str, Any] | None:
+    """The job's peak GPU memory as worker/train/memory.py estimates it on a GPU with Liger's kernels
+    (what a worker with `ft[gpu]` runs), for the longest row the length report saw (else --max-len);
+    None when the base's config.json is not on this machine."""
+    from catalog.models import BaseModel
+    from worker.models.directories import model_dir
+    from worker.train.memory import estimate_peak
+
+    with app.catalog.session() as s:
+        base = s.get_one(BaseModel, spec.data.base_model_id)
+        config_path = model_dir(app.store, base) / "config.json"
+    if not config_path.is_file():
+        return None
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    longest = report.stats.max_length if report is not None and report.stats.max_length else spec.data.max_len
+    est = estimate_peak(config, spec.method, spec.method_config, spec.train, longest_row=longest, cuda=True)
+    text = est.describe()
+    if spec.train.gradient_checkpointing is None:
+        text += " (unset: a worker turns it on only if the job does not fit its GPU without it)"
+    return {"peak_bytes": est.total_bytes, "micro_tokens": est.micro_tokens, "describe": text}

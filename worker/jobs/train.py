@@ -167,6 +167,7 @@ def artifact_card(
         "resumed_from": result.resumed_from,
         "attempts": ctx.job.attempts,
         "gpus": spec.train.gpus,
+        "memory_estimate_bytes": result.memory_estimate_bytes,
     }
     if result.eval_metrics:
         from worker.train.scoring import read_best

@@ -69,8 +69,9 @@ class TrainConfig:
     """Liger's fused Triton kernels on a CUDA GPU (RMSNorm, RoPE, SwiGLU, a cross-entropy that never
     materialises the logits): less memory and time (--no-fused-kernels: transformers' own; needs
     liger-kernel, `pip install ft[gpu]`; no effect on a CPU)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: far less memory, ~30% slower (--gradient-checkpointing)."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in the backward pass: far less memory, ~30% slower (--gradient-checkpointing).
+    Unset: on a GPU, on only when the memory estimate says the job does not fit without it."""
     optimizer: str | None = None
     """adamw, adamw_8bit or paged_adamw_8bit (--optimizer; 8-bit: bitsandbytes); None: the method's."""
     eval_split: str | None = None

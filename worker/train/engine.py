@@ -103,6 +103,8 @@ class TrainResult:
     eval_losses: dict[int, float] = field(default_factory=dict)
     eval_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
     """The `score` hook's summary at each step it ran (resumed runs included)."""
+    memory_estimate_bytes: int | None = None
+    """What worker/train/memory.py estimated the peak would be, on a GPU (set by the recipe)."""
 
 
 class TrainingOOM(InvalidInput):

@@ -17,13 +17,17 @@ log = logging.getLogger(__name__)
 def fused_kernels_problem(model: Any) -> str | None:
     """Why Liger's kernels cannot be applied to `model` here, or None if they can."""
     device = next(model.parameters()).device
-    if device.type != "cuda":
-        return f"they run on CUDA GPUs and the model is on {device.type}"
+    return fused_kernels_problem_for(getattr(model.config, "model_type", None), device.type)
+
+
+def fused_kernels_problem_for(model_type: str | None, device_type: str) -> str | None:
+    """The same, from a model type and a device type alone (before the model is loaded)."""
+    if device_type != "cuda":
+        return f"they run on CUDA GPUs and the model is on {device_type}"
     if importlib.util.find_spec("liger_kernel") is None:
         return "liger-kernel is not installed (pip install 'ft[gpu]')"
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
-    model_type = getattr(model.config, "model_type", None)
     if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         return f"Liger has no kernels for model type {model_type!r}"
     return None

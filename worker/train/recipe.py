@@ -12,6 +12,8 @@ prepared model (`ArtifactFormat.continue_from`). A resumed checkpoint then overr
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,10 +24,12 @@ from catalog.errors import InvalidInput
 from worker.methods import Method
 from worker.models.loading import ParamCounts, count_parameters, default_device, load_base, load_tokenizer
 from worker.models.loading import pad_token_id as tokenizer_pad_id
+from worker.train.batching import load_rows
 from worker.train.config import TrainConfig
 from worker.train.distributed import Ranks
 from worker.train.engine import TrainHooks, TrainPaths, TrainResult, train
-from worker.train.kernels import apply_fused_kernels
+from worker.train.kernels import apply_fused_kernels, fused_kernels_problem_for
+from worker.train.memory import MemoryEstimate, plan_checkpointing
 from worker.train.optimization import seed_everything
 
 if TYPE_CHECKING:
@@ -61,6 +65,9 @@ def run_training(
     seed_everything(cfg.seed)  # adapter initialisation
     whole = parent is not None and not method.artifact.shares_base
     weights_dir = parent if whole else base_model_dir
+    estimate = None
+    if device.type == "cuda":  # refuse what cannot fit before loading it; decide unset checkpointing
+        cfg, estimate = fit_memory(Path(weights_dir), method, method_cfg, cfg, train_data, device)
     base = load_base(weights_dir, device, trust_remote_code=trust_remote_code, **load_kwargs)
     if cfg.fused_kernels:
         log.info("%s", apply_fused_kernels(base))
@@ -81,4 +88,32 @@ def run_training(
         model, train_data, cfg, out=paths, hooks=hooks, pad_id=tokenizer_pad_id(tokenizer),
         eval_data=eval_data, resume=resume,
     )  # fmt: skip
+    result.memory_estimate_bytes = estimate.total_bytes if estimate is not None else None
     return model, result, counts
+
+
+def fit_memory(
+    weights_dir: Path,
+    method: Method,
+    method_cfg: Any,
+    cfg: TrainConfig,
+    train_data: Any,
+    device: torch.device,
+) -> tuple[TrainConfig, MemoryEstimate | None]:
+    """The config to train with (gradient checkpointing decided when unset) and the memory estimate
+    (worker/train/memory.py), or InvalidInput when the job cannot fit this GPU; no estimate without
+    the base's config.json."""
+    config_path = weights_dir / "config.json"
+    if not config_path.is_file():
+        return cfg, None
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    rows = load_rows(train_data)
+    fused = cfg.fused_kernels and fused_kernels_problem_for(config.get("model_type"), device.type) is None
+    ranks = Ranks.current()
+    shards = ranks.world if not method.artifact.shares_base and cfg.fsdp and ranks.many else 1
+    estimate = plan_checkpointing(
+        config, method.name, method_cfg, cfg, longest_row=max(rows.lengths, default=1),
+        gpu_bytes=torch.cuda.get_device_properties(device).total_memory, fused=fused, shards=shards,
+    )  # fmt: skip
+    log.info("memory estimate: %s", estimate.describe())
+    return dataclasses.replace(cfg, gradient_checkpointing=estimate.checkpointing), estimate
