@@ -1,6 +1,8 @@
 """Decoding speed of ft's two engines in one process: transformers' `generate` (batch 16, the old
 evaluation default, and 64, today's) against the graph loop (worker/evaluation/graph_decoding.py: a
-static cache, each step one CUDA graph replay), plus stacked LoRA adapters through the graph loop.
+static cache, each step one CUDA graph replay; on a GPU it batches as many rows as fit,
+worker/evaluation/batches.py), with and without Liger's RMSNorm/RoPE/SwiGLU kernels, plus stacked
+LoRA adapters through the graph loop.
 
 Models are randomly initialised from the published configs (bench/train_throughput.py SHAPES, bf16);
 speed does not depend on the weights. Every row decodes `--max-new-tokens` (EOS ignored), so both
@@ -59,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--adapters", type=int, default=4, help="stacked LoRA adapters on the first shape (0: none)"
     )
     p.add_argument("--skip-batch-16", action="store_true", help="leave out the slowest baseline")
+    p.add_argument("--many", type=int, default=8, help="also decode the prompts this many times over")
     p.add_argument(
         "--no-fused-kernels",
         dest="fused_kernels",
@@ -114,7 +117,15 @@ def bench_shape(
     runs["generate_b64"] = timed(
         model, tok, prompts, GenerationConfig(engine="generate", batch_size=64, **common)
     )
-    runs["graph_b64"] = timed(model, tok, prompts, GenerationConfig(engine="graph", batch_size=64, **common))
+    runs["graph"] = timed(model, tok, prompts, GenerationConfig(engine="graph", batch_size=64, **common))
+    if args.many > 1:  # the same prompts k times over: what batching as many rows as fit buys
+        many = timed(
+            model, tok, prompts * args.many, GenerationConfig(engine="graph", batch_size=64, **common)
+        )
+        print(
+            f"{shape} graph x{args.many} rows: {many.tokens_per_s:,.0f} tok/s, {many.seconds:.2f} s",
+            flush=True,
+        )
     fused = None
     if args.fused_kernels and device == "cuda":
         from worker.train.kernels import apply_fused_kernels
@@ -123,10 +134,10 @@ def bench_shape(
         print(fused, flush=True)
         generate(model, tok, prompts[:2], GenerationConfig(engine="graph", max_new_tokens=8, ignore_eos=True))
         cfg = GenerationConfig(engine="graph", batch_size=64, **common)
-        runs["graph_fused_b64"] = timed(model, tok, prompts, cfg)
+        runs["graph_fused"] = timed(model, tok, prompts, cfg)
     for name, r in runs.items():
         print(f"{shape} {name}: {r.tokens_per_s:,.0f} tok/s, {r.seconds:.2f} s", flush=True)
-    graph = runs["graph_b64"]
+    graph = runs["graph"]
     best = max((r for n, r in runs.items() if n.startswith("graph")), key=lambda r: r.tokens_per_s)
     same = [a == b for a, b in zip(graph.texts, runs["generate_b64"].texts, strict=True)]
     out = {
@@ -139,11 +150,12 @@ def bench_shape(
             if not name.startswith("graph")
         },
         "identical_to_generate_b64": round(sum(same) / max(len(same), 1), 3),
+        "graph_many_rows": {"copies": args.many, **summary(many)} if args.many > 1 else None,
         "fused_kernels": fused,
     }
-    if "graph_fused_b64" in runs:
+    if "graph_fused" in runs:
         fused_same = [
-            a == b for a, b in zip(runs["graph_fused_b64"].texts, runs["generate_b64"].texts, strict=True)
+            a == b for a, b in zip(runs["graph_fused"].texts, runs["generate_b64"].texts, strict=True)
         ]
         out["fused_identical_to_generate_b64"] = round(sum(fused_same) / max(len(fused_same), 1), 3)
     if args.adapters and shape == args.shapes.split(",")[0]:

@@ -95,9 +95,9 @@ def test_fast_decoding_bench_runs_both_engines_in_one_process(tiny_model_dir, tm
     report = json.loads(path.read_text(encoding="utf-8"))
     (shape,) = report["shapes"]
     runs = shape["runs"]
-    assert set(runs) == {"generate_b64", "graph_b64"}  # no fused run on a CPU
-    assert runs["generate_b64"]["new_tokens"] == runs["graph_b64"]["new_tokens"] == 3 * 6  # EOS ignored
-    assert runs["graph_b64"]["engine"] == "graph" and runs["generate_b64"]["engine"] == "generate"
+    assert set(runs) == {"generate_b64", "graph"}  # no fused run on a CPU
+    assert runs["generate_b64"]["new_tokens"] == runs["graph"]["new_tokens"] == 3 * 6  # EOS ignored
+    assert runs["graph"]["engine"] == "graph" and runs["generate_b64"]["engine"] == "generate"
     assert shape["identical_to_generate_b64"] == 1.0  # fp32
     assert shape["speedup"]["graph_over_generate_b64"] > 0
     stacked = shape["stacked_lora"]

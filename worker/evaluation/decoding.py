@@ -20,7 +20,8 @@ class Decoding:
     """Most tokens generated per row; a row stops earlier at EOS or, for triple-f1, a repeated line."""
     batch_size: int = DEFAULT_BATCH_SIZE
     """Prompts per batch for each model: K models evaluated together (stacked LoRA adapters and the
-    base) generate batch_size x K rows per batch. Lower it on out-of-memory errors."""
+    base) generate batch_size x K rows per batch. Lower it on out-of-memory errors. On a GPU the graph
+    decoding loop batches as many prompts as the GPU's free memory holds instead."""
     sample: bool = False
     """Sample instead of greedy decoding."""
     temperature: float = 1.0

@@ -27,9 +27,10 @@ from typing import Any
 
 import torch
 from peft import PeftType
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteriaList
 
 from catalog.errors import InvalidInput
+from worker.evaluation.batches import FREE_SHARE, batch_order, plan_batches, row_bytes
 from worker.evaluation.decoding import Decoding
 from worker.evaluation.graph_decoding import GraphDecoder, TokenPicker, unsupported_reason
 from worker.evaluation.hf_decoding import (
@@ -39,21 +40,24 @@ from worker.evaluation.hf_decoding import (
     prompt_learning_type,
 )
 from worker.evaluation.multi_lora import adapter_rows
-from worker.evaluation.stopping import CancelCriteria, RepeatedLineCriteria, cut_at_repeated_line
+from worker.evaluation.stopping import (
+    CancelCriteria,
+    RepeatedLineCriteria,
+    StepReport,
+    cut_at_repeated_line,
+)
 from worker.models.attention import without_cudnn_attention
 from worker.models.loading import fallback_pad_token
 
 ProgressFn = Callable[[dict[str, Any]], None]
 StopFn = Callable[[], bool]
 
-STEP_PROGRESS_EVERY = 16
-"""`on_step` hears from a batch every this many decoding steps..."""
-STEP_PROGRESS_SECONDS = 1.0
-"""... or once this long has passed since it last did, whichever comes first (a big model on a CPU
-takes seconds a step)."""
-
 
 ENGINES = ("auto", "graph", "generate")
+
+
+class _BatchTooBig(Exception):
+    """A graph-loop batch ran out of GPU memory: `generate` splits it in two and goes on."""
 
 
 class GenerationCancelled(Exception):
@@ -144,17 +148,27 @@ def generate(
     rows = adapter_rows(model) if names is not None else None
     with _generation_session(model, tokenizer, cfg) as session:
         ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"] if prompts else []
-        order, per_batch = _batch_order(ids, prompts, names, cfg.batch_size)
+        order, per_batch = batch_order(ids, prompts, names, cfg.batch_size)
+        models = len(set(names)) if names else 1
         texts: list[str] = [""] * len(ids)
-        for start in range(0, len(order), per_batch):
-            batch = order[start : start + per_batch]
-            with rows.select([names[i] for i in batch]) if rows is not None and names else nullcontext():
-                hook = None if on_step is None else _StepReport(on_step, session, start, len(batch), len(ids))
-                done = session.run([ids[i] for i in batch], should_stop, streamer, on_step=hook)
-                for i, text in zip(batch, done, strict=True):
-                    texts[i] = text
+        pending, start = session.batches(order, ids, per_batch, models), 0
+        while pending:
+            batch = pending.pop(0)
+            try:
+                with rows.select([names[i] for i in batch]) if rows is not None and names else nullcontext():
+                    hook = (
+                        None if on_step is None else StepReport(on_step, session, start, len(batch), len(ids))
+                    )
+                    done = session.run([ids[i] for i in batch], should_stop, streamer, on_step=hook)
+            except _BatchTooBig:  # the graph loop's memory plan was short: the batch in two halves
+                half = max(models, len(batch) // 2 // models * models)
+                pending[:0] = [batch[:half], batch[half:]]
+                continue
+            for i, text in zip(batch, done, strict=True):
+                texts[i] = text
+            start += len(batch)
             if on_progress is not None:
-                on_progress({"done": start + len(batch), "total": len(ids), **session.rate()})
+                on_progress({"done": start, "total": len(ids), **session.rate()})
     return session.result(texts)
 
 
@@ -180,22 +194,6 @@ def generate_one_at_a_time(
 
 
 # ---------------------------------------------------------------- internals
-
-
-def _batch_order(
-    ids: list[list[int]], prompts: Sequence[str], adapter_names: list[str] | None, batch_size: int
-) -> tuple[list[int], int]:
-    """The order rows are generated in (longest prompt first; stable, so ties keep prompt order) and the
-    rows per batch: `batch_size`, times K when the rows name K adapters. Then the rows of one prompt
-    text are kept next to each other, so a batch holds the same prompts for every adapter."""
-    if adapter_names is None:
-        return sorted(range(len(ids)), key=lambda i: -len(ids[i])), batch_size
-    if len(adapter_names) != len(prompts):
-        raise ValueError(f"{len(adapter_names)} adapter names for {len(prompts)} prompts")
-    first: dict[str, int] = {}
-    group = [first.setdefault(prompt, i) for i, prompt in enumerate(prompts)]
-    order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), group[i]))
-    return order, batch_size * max(1, len(set(adapter_names)))
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -292,13 +290,27 @@ class _Session:
             prompt_learning=self.prompt_learning,
         )
 
+    def batches(self, order: list[int], ids: list[list[int]], per_batch: int, models: int) -> list[list[int]]:
+        """`order` in batches of `per_batch` rows; with the graph loop on a GPU, as many rows as its
+        free memory holds (worker/evaluation/graph_batches.py)."""
+        if self.decoder is None or self.device.type != "cuda":
+            return [order[i : i + per_batch] for i in range(0, len(order), per_batch)]
+        config, max_new = self.decoder.config, self.cfg.max_new_tokens
+        size = self.model.get_input_embeddings().weight.element_size()
+        extra = int(getattr(getattr(self.model, "active_peft_config", None), "num_virtual_tokens", 0) or 0)
+        budget = int(FREE_SHARE * torch.cuda.mem_get_info(self.device)[0])
+        return plan_batches(
+            order, [len(row) for row in ids], budget=budget, multiple=models,
+            bytes_for=lambda n: row_bytes(config, n + extra, max_new, size),
+        )  # fmt: skip
+
     def run(
         self,
         batch_ids: list[list[int]],
         should_stop: StopFn | None,
         streamer: Any = None,
         *,
-        on_step: _StepReport | None = None,
+        on_step: StepReport | None = None,
     ) -> list[str]:
         """Generate for one batch of token-id lists; returns the cleaned texts in the batch's order.
         `on_step` hears how far the batch has decoded while it runs."""
@@ -311,6 +323,9 @@ class _Session:
                 return self._run_graph(input_ids, mask, should_stop, on_step)
             return self._run_generate(input_ids, mask, should_stop, streamer, on_step)
         except torch.cuda.OutOfMemoryError as exc:
+            if self.decoder is not None and len(batch_ids) > 1:
+                torch.cuda.empty_cache()
+                raise _BatchTooBig from exc
             raise InvalidInput(
                 f"out of memory generating {len(batch_ids)} rows of up to {input_ids.shape[1]} tokens "
                 f"(+{self.cfg.max_new_tokens} new): lower --batch-size or --max-new-tokens"
@@ -321,7 +336,7 @@ class _Session:
         input_ids: torch.Tensor,
         mask: torch.Tensor,
         should_stop: StopFn | None,
-        on_step: _StepReport | None,
+        on_step: StepReport | None,
     ) -> list[str]:
         repeated = RepeatedLineCriteria(self.tokenizer, self.eos) if self.cfg.stop_on_repeated_line else None
         cancel = CancelCriteria(should_stop) if should_stop is not None else None
@@ -342,7 +357,7 @@ class _Session:
         mask: torch.Tensor,
         should_stop: StopFn | None,
         streamer: Any,
-        on_step: _StepReport | None,
+        on_step: StepReport | None,
     ) -> list[str]:
         if self.prompt_learning == PeftType.PREFIX_TUNING and self.cfg.static_cache:
             raise InvalidInput("a prefix-tuning adapter cannot decode with the static cache")
@@ -408,35 +423,3 @@ class _Session:
             return "generate"
         error = self.decoder.graph_error
         return "graph" if error is None else f"graph-eager: {error}"
-
-
-class _StepReport(StoppingCriteria):
-    """Never stops a row: tells `report` how far the batch has decoded, every STEP_PROGRESS_EVERY steps
-    or STEP_PROGRESS_SECONDS. The batch's tokens so far are its generated columns that are not padding
-    (transformers pads a finished row), counted only when reporting."""
-
-    def __init__(self, report: ProgressFn, session: _Session, done: int, rows: int, total: int) -> None:
-        super().__init__()
-        self.report, self.session = report, session
-        self.fixed = {"done": done, "total": total, "batch_rows": rows}
-        self.prompt_len, self.pad_id, self.step = 0, 0, 0
-        self._last = time.monotonic()
-
-    def watching(self, prompt_len: int, pad_id: int) -> _StepReport:
-        self.prompt_len, self.pad_id = prompt_len, pad_id
-        return self
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
-        self.at(self.step + 1, input_ids[:, self.prompt_len :])
-        return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
-
-    def at(self, step: int, generated: torch.Tensor) -> None:
-        """The batch has decoded `step` steps, `generated` (rows x steps) so far: report if it is time."""
-        self.step = step
-        now = time.monotonic()
-        if self.step % STEP_PROGRESS_EVERY == 0 or now - self._last >= STEP_PROGRESS_SECONDS:
-            self._last = now
-            tokens = int((generated != self.pad_id).sum())
-            rate = (self.session.new_tokens + tokens) / max(self.session.elapsed(), 1e-9)
-            most = self.session.cfg.max_new_tokens
-            self.report({**self.fixed, "batch_step": self.step, "max_new_tokens": most, "tokens_per_s": rate})

@@ -1,4 +1,5 @@
-"""Stopping criteria for batched generation: stop a row on a repeated line, stop everything on cancel.
+"""Stopping criteria for batched generation: stop a row on a repeated line, stop everything on cancel,
+and a criterion that never stops but reports how far a batch has decoded.
 
 Small models loop: once they start repeating a line ("a_b_c\\n" over and over) they run to the token
 limit. `RepeatedLineCriteria` ends a row as soon as it completes a line it already produced in the same
@@ -17,6 +18,13 @@ from typing import Any
 
 import torch
 from transformers import StoppingCriteria
+
+ProgressFn = Callable[[dict[str, Any]], None]
+STEP_PROGRESS_EVERY = 16
+"""`on_step` hears from a batch every this many decoding steps..."""
+STEP_PROGRESS_SECONDS = 1.0
+"""... or once this long has passed since it last did, whichever comes first (a big model on a CPU
+takes seconds a step)."""
 
 
 def line_key(line: str) -> str:
@@ -137,3 +145,35 @@ class CancelCriteria(StoppingCriteria):
             self._last = now
             self.cancelled = bool(self.should_stop())
         return torch.full((input_ids.shape[0],), self.cancelled, dtype=torch.bool, device=input_ids.device)
+
+
+class StepReport(StoppingCriteria):
+    """Never stops a row: tells `report` how far the batch has decoded, every STEP_PROGRESS_EVERY steps
+    or STEP_PROGRESS_SECONDS. The batch's tokens so far are its generated columns that are not padding
+    (transformers pads a finished row), counted only when reporting."""
+
+    def __init__(self, report: ProgressFn, session: Any, done: int, rows: int, total: int) -> None:
+        super().__init__()
+        self.report, self.session = report, session
+        self.fixed = {"done": done, "total": total, "batch_rows": rows}
+        self.prompt_len, self.pad_id, self.step = 0, 0, 0
+        self._last = time.monotonic()
+
+    def watching(self, prompt_len: int, pad_id: int) -> StepReport:
+        self.prompt_len, self.pad_id = prompt_len, pad_id
+        return self
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
+        self.at(self.step + 1, input_ids[:, self.prompt_len :])
+        return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
+
+    def at(self, step: int, generated: torch.Tensor) -> None:
+        """The batch has decoded `step` steps, `generated` (rows x steps) so far: report if it is time."""
+        self.step = step
+        now = time.monotonic()
+        if self.step % STEP_PROGRESS_EVERY == 0 or now - self._last >= STEP_PROGRESS_SECONDS:
+            self._last = now
+            tokens = int((generated != self.pad_id).sum())
+            rate = (self.session.new_tokens + tokens) / max(self.session.elapsed(), 1e-9)
+            most = self.session.cfg.max_new_tokens
+            self.report({**self.fixed, "batch_step": self.step, "max_new_tokens": most, "tokens_per_s": rate})

@@ -11,7 +11,7 @@ import pytest
 
 from catalog.jobs import get_job
 from tests.worker.eval_helpers import register_faults, submit_eval, train
-from worker.evaluation.generation import STEP_PROGRESS_EVERY
+from worker.evaluation.stopping import STEP_PROGRESS_EVERY
 from worker.jobs.handlers import HANDLERS, JobContext
 from worker.jobs.runner import run_job
 

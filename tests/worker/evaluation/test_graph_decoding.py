@@ -152,3 +152,36 @@ def test_what_the_loop_does_not_take(tiny_model_dir, tok):  # noqa: F811
     )
     with pytest.raises(InvalidInput, match="engine must be one of"):
         GenerationConfig(engine="fast")
+
+
+def test_gpu_batches_take_as_many_rows_as_the_memory_plan_holds(tiny_model_dir):
+    from transformers import AutoConfig
+
+    from worker.evaluation.batches import MAX_ROWS, plan_batches, row_bytes
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    one, longer = row_bytes(config, 100, 256, 2), row_bytes(config, 100, 512, 2)
+    kv_slot = (
+        2
+        * config.num_hidden_layers
+        * config.num_key_value_heads
+        * (config.hidden_size // config.num_attention_heads)
+        * 2
+    )
+    assert longer - one >= 256 * kv_slot  # every new-token slot holds each layer's key and value
+    lengths = [300] * 4 + [100] * 20  # longest first, as batch_order sorts them
+    order = list(range(len(lengths)))
+    batches = plan_batches(order, lengths, bytes_for=lambda n: n, budget=1000, multiple=1)
+    assert [len(b) for b in batches] == [
+        3,
+        3,
+        10,
+        8,
+    ]  # a batch is as wide as its first row and sum(batches, []) == order
+    stacked = plan_batches(order, lengths, bytes_for=lambda n: n, budget=1000, multiple=2)
+    assert all(len(b) % 2 == 0 for b in stacked) and sum(stacked, []) == order
+    assert [len(b) for b in plan_batches(order, lengths, bytes_for=lambda n: n, budget=10, multiple=2)][
+        0
+    ] == 2
+    huge = plan_batches(list(range(2000)), [1] * 2000, bytes_for=lambda n: 1, budget=10**9)
+    assert max(len(b) for b in huge) == MAX_ROWS
