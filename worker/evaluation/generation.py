@@ -274,7 +274,7 @@ class _Session:
         cfg, cuda = self.cfg, self.device.type == "cuda"
         if cfg.engine == "generate" or (cfg.engine == "auto" and (not cuda or cfg.static_cache)):
             return None
-        reason = unsupported_reason(self.model, streamer=None)
+        reason = unsupported_reason(self.model, streamer=None, auto=cfg.engine == "auto")
         if reason is not None:
             if cfg.engine == "graph":
                 raise InvalidInput(f"the graph decoding engine cannot decode with {reason}")

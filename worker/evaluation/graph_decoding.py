@@ -57,11 +57,16 @@ StepHook = Callable[[int, torch.Tensor], bool]
 True stops the batch (cancellation)."""
 
 
-def unsupported_reason(model: Any, *, streamer: Any) -> str | None:
-    """Why this loop cannot decode for `model` (then the caller uses transformers' `generate`), or None."""
+def unsupported_reason(model: Any, *, streamer: Any, auto: bool = False) -> str | None:
+    """Why this loop cannot decode for `model` (then the caller uses transformers' `generate`), or None.
+    `auto` (the engine was not asked for by name) also leaves out bitsandbytes-quantized bases: their
+    kernels have not been measured under CUDA graphs yet (LLM.int8 syncs with the host, so its capture
+    would fail and the loop would run eagerly)."""
     if streamer is not None:
         return "a streamer"
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if auto and (getattr(base, "is_quantized", False) or getattr(base, "hf_quantizer", None) is not None):
+        return "a quantized base (not measured under CUDA graphs yet)"
     attention = getattr(base.config, "_attn_implementation", None)
     if attention not in MASKED_ATTENTION:
         return f"attention implementation {attention!r}"

@@ -185,3 +185,17 @@ def test_gpu_batches_take_as_many_rows_as_the_memory_plan_holds(tiny_model_dir):
     ] == 2
     huge = plan_batches(list(range(2000)), [1] * 2000, bytes_for=lambda n: 1, budget=10**9)
     assert max(len(b) for b in huge) == MAX_ROWS
+
+
+def test_auto_leaves_a_quantized_base_to_generate(tiny_model_dir):
+    """Named, the engine takes it; "auto" does not, until bitsandbytes' kernels are measured under
+    CUDA graphs (the reason is only asked on a GPU, where "auto" would pick the loop)."""
+    from worker.evaluation.graph_decoding import unsupported_reason
+    from worker.methods import get_method
+    from worker.models.loading import load_base
+
+    qlora = get_method("qlora")
+    base = load_base(tiny_model_dir, "cpu", **qlora.load_kwargs(qlora.make_config({}), "cpu"))
+    assert "quantized base" in unsupported_reason(base, streamer=None, auto=True)
+    assert unsupported_reason(base, streamer=None) is None
+    assert unsupported_reason(_chaotic(tiny_model_dir), streamer=None, auto=True) is None
