@@ -231,10 +231,10 @@ def train(app: AppContext, config_file: Path | None, overrides: tuple[str, ...],
 def memory_estimate(app: AppContext, spec: Any, report: Any) -> dict[str, Any] | None:
     """The job's peak GPU memory as worker/train/memory.py estimates it on a GPU with Liger's kernels
     (what a worker with `ft[gpu]` runs), for the longest row the length report saw (else --max-len);
-    None when the base's config.json is not on this machine."""
+    None when the base's config.json is not on this machine or its architecture is not one it reads."""
     from catalog.models import BaseModel
     from worker.models.directories import model_dir
-    from worker.train.memory import estimate_peak
+    from worker.train.memory import UnknownShape, estimate_peak
 
     with app.catalog.session() as s:
         base = s.get_one(BaseModel, spec.data.base_model_id)
@@ -243,7 +243,12 @@ def memory_estimate(app: AppContext, spec: Any, report: Any) -> dict[str, Any] |
         return None
     config = json.loads(config_path.read_text(encoding="utf-8"))
     longest = report.stats.max_length if report is not None and report.stats.max_length else spec.data.max_len
-    est = estimate_peak(config, spec.method, spec.method_config, spec.train, longest_row=longest, cuda=True)
+    try:
+        est = estimate_peak(
+            config, spec.method, spec.method_config, spec.train, longest_row=longest, cuda=True
+        )
+    except UnknownShape:
+        return None
     text = est.describe()
     if spec.train.gradient_checkpointing is None:
         text += " (unset: a worker turns it on only if the job does not fit its GPU without it)"

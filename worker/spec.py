@@ -61,6 +61,9 @@ class TrainSpec:
             raise TypeError(f"--method {self.method} takes a {method.config.__name__} config")
         if self.train.lr is None or self.train.epochs is None or self.train.optimizer is None:
             raise InvalidInput("a training spec needs a resolved config (lr, epochs and optimizer set)")
+        sharded = not method.artifact.shares_base and self.train.gpus > 1 and self.train.fsdp
+        if sharded and self.train.eval_metric is not None:
+            raise InvalidInput("--eval-metric cannot generate with a sharded (FSDP) full job: add --no-fsdp")
 
     def registered(self) -> Method:
         return get_method(self.method)

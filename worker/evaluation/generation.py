@@ -341,6 +341,9 @@ class _Session:
         repeated = RepeatedLineCriteria(self.tokenizer, self.eos) if self.cfg.stop_on_repeated_line else None
         cancel = CancelCriteria(should_stop) if should_stop is not None else None
 
+        if on_step is not None:
+            on_step.watching(0, self.pad_id)  # the loop's rows hold new tokens only, pads after an end
+
         def look(steps: int, tokens: torch.Tensor) -> bool:
             if on_step is not None:
                 on_step.at(steps, tokens)

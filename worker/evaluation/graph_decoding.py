@@ -23,6 +23,9 @@ stacked LoRA adapters nor its freeze swaps. A CUDA graph needs no compiler, capt
 and runs whatever modules the model holds (peft LoRA, stacked LoRA with its per-row mask fixed for the
 batch, swapped freeze blocks). The model's own modules and transformers' `StaticCache` do the maths,
 so outputs follow the model (greedy outputs equal `generate`'s in fp32: tests/worker/evaluation/).
+Sampled outputs equal `generate`'s while no batch ends before its last step; one that ends early has
+run up to CHECK_EVERY - 1 steps more, whose draws move the RNG, so later batches draw other (still
+seeded, reproducible) samples.
 
 Prompt-learning adapters decode as worker/evaluation/hf_decoding.py feeds them to `generate`: virtual-
 token embeddings before the prompt's (p-tuning, prompt tuning), or the trained key/value prefix in the
@@ -67,6 +70,9 @@ def unsupported_reason(model: Any, *, streamer: Any, auto: bool = False) -> str 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if auto and (getattr(base, "is_quantized", False) or getattr(base, "hf_quantizer", None) is not None):
         return "a quantized base (not measured under CUDA graphs yet)"
+    sliding = [type(layer).__name__ for layer in StaticCache(config=base.config, max_cache_len=8).layers]
+    if any(name != "StaticLayer" for name in sliding):  # a window cache keeps fewer slots than the mask
+        return f"a cache of {sorted(set(sliding) - {'StaticLayer'})[0]} layers (sliding-window attention)"
     attention = getattr(base.config, "_attn_implementation", None)
     if attention not in MASKED_ATTENTION:
         return f"attention implementation {attention!r}"
@@ -265,11 +271,16 @@ class GraphDecoder:
             with torch.cuda.stream(side):
                 logits = forward()  # the real first step, and the warm-up the capture needs
             torch.cuda.current_stream().wait_stream(side)
-            g = torch.cuda.CUDAGraph()
+            g, before = torch.cuda.CUDAGraph(), torch.cuda.current_stream()
             try:
                 with torch.cuda.graph(g):  # recorded, not run: the state does not move
                     graph["logits"] = forward()
             except RuntimeError as exc:  # a module that syncs with the host cannot be captured
+                # torch.cuda.graph leaves its capture stream current when the capture is invalidated
+                torch.cuda.set_stream(before)
+                torch.cuda.synchronize()
+                if isinstance(exc, torch.OutOfMemoryError):
+                    raise
                 self.graph_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 graph["eager"] = True
                 return logits

@@ -168,6 +168,7 @@ def artifact_card(
         "attempts": ctx.job.attempts,
         "gpus": spec.train.gpus,
         "memory_estimate_bytes": result.memory_estimate_bytes,
+        "gradient_checkpointing": result.gradient_checkpointing,
     }
     if result.eval_metrics:
         from worker.train.scoring import read_best

@@ -141,7 +141,8 @@ def save_checkpoint(
         save_file(whole[0], tmp / WEIGHTS)
         torch.save(whole[1], tmp / "optimizer.pt")
         state = {**state, "optimizer_format": OPTIMIZER_FORMAT}
-    else:
+    else:  # positional: a state resumed from a sharded run's checkpoint must not keep that label
+        state = {k: v for k, v in state.items() if k != "optimizer_format"}
         save_file(trainable_state(model), tmp / WEIGHTS)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")

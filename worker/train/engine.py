@@ -105,6 +105,8 @@ class TrainResult:
     """The `score` hook's summary at each step it ran (resumed runs included)."""
     memory_estimate_bytes: int | None = None
     """What worker/train/memory.py estimated the peak would be, on a GPU (set by the recipe)."""
+    gradient_checkpointing: bool | None = None
+    """Whether it ran with gradient checkpointing (decided by the estimate when the flag was unset)."""
 
 
 class TrainingOOM(InvalidInput):
@@ -330,7 +332,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not sharded:
         ranks.broadcast_params(params)
-    step, stopped, eval_loss = start, False, None
+    step, stopped, eval_loss, peak = start, False, None, 0
     began, call_tokens = time.perf_counter(), 0
     window: list[float] = []
     try:
@@ -390,6 +392,7 @@ def train(
                 if writer is not None:
                     writer.add_scalar("eval/loss", eval_loss, step)
             if hooks.score is not None and ranks.main and (step % eval_every == 0 or last):
+                peak = max(peak, _peak_memory(device))  # generation resets CUDA's peak counter
                 summary = hooks.score(model, step)
                 state["eval_metrics"][str(step)] = progress["eval_metric"] = summary
                 for key, value in summary.items() if writer is not None else ():
@@ -423,7 +426,7 @@ def train(
         final_loss=losses[-1] if losses else None,
         losses=list(losses),
         train_seconds=state["train_seconds"] + (time.perf_counter() - began),
-        peak_memory_bytes=_peak_memory(device),
+        peak_memory_bytes=max(peak, _peak_memory(device)),
         stopped=stopped,
         eval_loss=eval_loss,
         skipped_rows=rows.skipped,

@@ -33,10 +33,14 @@ def fused_kernels_problem_for(model_type: str | None, device_type: str) -> str |
     return None
 
 
-def apply_fused_kernels(model: Any, *, loss: bool = True) -> str:
+def apply_fused_kernels(model: Any, *, loss: bool = True, device_type: str | None = None) -> str:
     """Patch `model` in place with Liger's kernels when possible; returns what was done, for the log.
-    `loss=False` leaves the loss and the logits to transformers (decoding needs the logits)."""
-    problem = fused_kernels_problem(model)
+    `loss=False` leaves the loss and the logits to transformers (decoding needs the logits);
+    `device_type`: where the model will run, when it is loaded elsewhere first (FSDP loads on the CPU)."""
+    if device_type is None:
+        problem = fused_kernels_problem(model)
+    else:
+        problem = fused_kernels_problem_for(getattr(model.config, "model_type", None), device_type)
     if problem:
         return f"fused kernels not applied: {problem}"
     from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance

@@ -44,9 +44,16 @@ LLM_INT8 = (10, 12)
 """Added by bitsandbytes' LLM.int8 matmul (outlier decomposition), per hidden and per MLP unit."""
 LOGIT_BYTES = 6.5
 """Bytes a vocabulary entry a token of the logits when the loss is not fused."""
+REFUSE_OVER = 1.15
+"""A job is refused only when its estimate exceeds the GPU's memory by more than the estimate's error
+(15% on the bench's cases); closer than that it runs, and may still run out of memory."""
 GPU_SHARE = 0.92
 """The share of a GPU's memory a job may plan to use: the rest is the CUDA context, cuBLAS workspaces
 and the allocator's fragmentation, which `max_memory_allocated` does not count."""
+
+
+class UnknownShape(ValueError):
+    """A config.json whose architecture the estimate does not read."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,15 @@ class Shape:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Shape:
+        """The shape of a Llama-like config (hidden_size, num_hidden_layers, ...); UnknownShape for
+        others (GPT-2's n_embd, GLM's own names): those jobs run without an estimate."""
+        try:
+            return cls._from_config(config)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UnknownShape(f"config.json has no {exc} the estimate reads") from None
+
+    @classmethod
+    def _from_config(cls, config: dict[str, Any]) -> Shape:
         text = config.get("text_config") or config
         hidden, heads = int(text["hidden_size"]), int(text["num_attention_heads"])
         return cls(
@@ -138,13 +154,14 @@ class MemoryEstimate:
 def micro_batch_tokens(
     max_tokens_per_batch: int, batch_size: int, rows_per_step: int, longest_row: int
 ) -> int:
-    """Tokens of the largest micro-batch (rows x padded width): what `by_token_budget` can group at
-    most, or `batch_size` rows of the longest width without a budget. Widths are rounded up to 8 (the
-    padding on a GPU)."""
+    """Tokens of the largest micro-batch (rows x padded width) at worst: the budget (or one row wider
+    than it), no more than a whole step's rows at the longest width; without a budget, `batch_size`
+    rows of the longest width. Widths are rounded up to 8 (the padding on a GPU)."""
     width = math.ceil(longest_row / 8) * 8
     if max_tokens_per_batch <= 0:
         return width * batch_size
-    return width * min(rows_per_step, max(1, max_tokens_per_batch // width))
+    # shorter rows than the longest pack up to the budget; a row wider than it goes alone
+    return min(max(max_tokens_per_batch, width), rows_per_step * width)
 
 
 def estimate_peak(
@@ -193,8 +210,10 @@ def estimate_peak(
         grad_layers = shape.layers
     elif method == "full":
         fp32 = getattr(method_cfg, "precision", "fp32") == "fp32"
+        moments = state_bytes - 8  # AdamW's two moments in fp32 (8 bytes), or 8-bit (2)
         weights = shape.params * (4 if fp32 else 2)
-        state = shape.params * ((4 + (state_bytes - 4) + 2) if fp32 else (2 + 2 * 2))
+        # gradients, moments (in the weights' dtype), and autocast's bf16 copy of fp32 weights
+        state = shape.params * ((4 + moments + 2) if fp32 else (2 + moments // 2))
         grad_layers = shape.layers
     elif method == "freeze":
         grad_layers = int(getattr(method_cfg, "layers", None) or max(1, round(shape.layers * 0.53)))
@@ -237,8 +256,8 @@ def plan_checkpointing(
 ) -> MemoryEstimate:
     """The estimate the job will run with on a GPU of `gpu_bytes`: --gradient-checkpointing as given,
     or, unset, off when the job fits without it and on when it fits only with it. InvalidInput, naming
-    what to lower, when it fits neither way. `shards`: the ranks an FSDP full job splits its weights
-    and state over."""
+    what to lower, when even the last try needs more than REFUSE_OVER x the GPU's memory. `shards`: the
+    ranks an FSDP full job splits its weights and state over."""
     from catalog.errors import InvalidInput
 
     def at(ckpt: bool) -> MemoryEstimate:
@@ -258,6 +277,8 @@ def plan_checkpointing(
         est = at(ckpt)
         if est.fits(gpu_bytes):
             return est
+    if est.total_bytes <= REFUSE_OVER * gpu_bytes:  # within the estimate's error: let it try
+        return est
     fixes = [f"--max-tokens-per-batch (now {cfg.max_tokens_per_batch})" if cfg.max_tokens_per_batch
              else f"--batch-size (now {cfg.batch_size})"]  # fmt: skip
     if not est.checkpointing:

@@ -29,7 +29,7 @@ from worker.train.config import TrainConfig
 from worker.train.distributed import Ranks
 from worker.train.engine import TrainHooks, TrainPaths, TrainResult, train
 from worker.train.kernels import apply_fused_kernels, fused_kernels_problem_for
-from worker.train.memory import MemoryEstimate, plan_checkpointing
+from worker.train.memory import MemoryEstimate, UnknownShape, plan_checkpointing
 from worker.train.optimization import seed_everything
 
 if TYPE_CHECKING:
@@ -68,11 +68,15 @@ def run_training(
     estimate = None
     if device.type == "cuda":  # refuse what cannot fit before loading it; decide unset checkpointing
         cfg, estimate = fit_memory(Path(weights_dir), method, method_cfg, cfg, train_data, device)
-    base = load_base(weights_dir, device, trust_remote_code=trust_remote_code, **load_kwargs)
+    sharded = not method.artifact.shares_base and cfg.fsdp and Ranks.current().many
+    # FSDP: loaded on the CPU, each layer moves to the GPU as its shard, so no GPU holds the whole model
+    base = load_base(
+        weights_dir, "cpu" if sharded else device, trust_remote_code=trust_remote_code, **load_kwargs
+    )
     if cfg.fused_kernels:
-        log.info("%s", apply_fused_kernels(base))
+        log.info("%s", apply_fused_kernels(base, device_type=device.type))
     model = method.prepare(base, method_cfg)
-    if not method.artifact.shares_base and cfg.fsdp and Ranks.current().many:
+    if sharded:
         from worker.train.sharding import shard_model
 
         log.info("sharding the model over %d ranks (FSDP)", Ranks.current().world)
@@ -89,6 +93,7 @@ def run_training(
         eval_data=eval_data, resume=resume,
     )  # fmt: skip
     result.memory_estimate_bytes = estimate.total_bytes if estimate is not None else None
+    result.gradient_checkpointing = bool(cfg.gradient_checkpointing)
     return model, result, counts
 
 
@@ -102,7 +107,7 @@ def fit_memory(
 ) -> tuple[TrainConfig, MemoryEstimate | None]:
     """The config to train with (gradient checkpointing decided when unset) and the memory estimate
     (worker/train/memory.py), or InvalidInput when the job cannot fit this GPU; no estimate without
-    the base's config.json."""
+    the base's config.json or for an architecture the estimate does not read."""
     config_path = weights_dir / "config.json"
     if not config_path.is_file():
         return cfg, None
@@ -111,9 +116,13 @@ def fit_memory(
     fused = cfg.fused_kernels and fused_kernels_problem_for(config.get("model_type"), device.type) is None
     ranks = Ranks.current()
     shards = ranks.world if not method.artifact.shares_base and cfg.fsdp and ranks.many else 1
-    estimate = plan_checkpointing(
-        config, method.name, method_cfg, cfg, longest_row=max(rows.lengths, default=1),
-        gpu_bytes=torch.cuda.get_device_properties(device).total_memory, fused=fused, shards=shards,
-    )  # fmt: skip
+    try:
+        estimate = plan_checkpointing(
+            config, method.name, method_cfg, cfg, longest_row=max(rows.lengths, default=1),
+            gpu_bytes=torch.cuda.get_device_properties(device).total_memory, fused=fused, shards=shards,
+        )  # fmt: skip
+    except UnknownShape as exc:
+        log.info("no memory estimate: %s", exc)
+        return cfg, None
     log.info("memory estimate: %s", estimate.describe())
     return dataclasses.replace(cfg, gradient_checkpointing=estimate.checkpointing), estimate

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import shutil
 from collections.abc import Callable, Sequence
@@ -42,8 +43,13 @@ def sample_rows(rows: Sequence[Row], k: int, seed: int) -> list[Row]:
 
 
 def read_best(workdir: Path) -> dict[str, Any] | None:
-    """{"step", "score", "summary"} of the best step kept in `workdir`, or None."""
-    path = workdir / BEST / BEST_JSON
+    """{"step", "score", "summary"} of the best step kept in `workdir`, or None. A job killed between
+    the two renames of `_keep` left only `best.old`, which is put back."""
+    final, old = workdir / BEST, workdir / (BEST + ".old")
+    if not (final / BEST_JSON).is_file() and (old / BEST_JSON).is_file():
+        shutil.rmtree(final, ignore_errors=True)
+        old.rename(final)
+    path = final / BEST_JSON
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
@@ -82,6 +88,7 @@ class StepScorer:
         result = generate(model, self.tokenizer, self.prompts, cfg, add_special_tokens=self.special)
         summary = self.metric.score(result.texts, self.gold).summary
         score = float(summary[self.metric.headline])
+        score = score if math.isfinite(score) else -math.inf  # a NaN never pins "best"
         best = read_best(self.workdir)
         kept = best is None or score > best["score"]
         if kept:

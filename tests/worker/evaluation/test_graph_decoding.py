@@ -199,3 +199,19 @@ def test_auto_leaves_a_quantized_base_to_generate(tiny_model_dir):
     assert "quantized base" in unsupported_reason(base, streamer=None, auto=True)
     assert unsupported_reason(base, streamer=None) is None
     assert unsupported_reason(_chaotic(tiny_model_dir), streamer=None, auto=True) is None
+
+
+def test_a_sliding_window_model_is_left_to_generate(tok):  # noqa: F811
+    """A window cache keeps fewer slots than the loop's masks count (Mistral v0.1, Gemma 2/3, Phi-3)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from worker.evaluation.graph_decoding import unsupported_reason
+
+    config = MistralConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=16)  # fmt: skip
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config).eval()
+    assert "sliding-window" in unsupported_reason(model, streamer=None)
+    with pytest.raises(InvalidInput, match="sliding-window"):
+        generate(model, tok, PROMPTS[:2], GenerationConfig(engine="graph", max_new_tokens=20))
+    assert generate(model, tok, PROMPTS[:2], GenerationConfig(max_new_tokens=20)).engine == "generate"

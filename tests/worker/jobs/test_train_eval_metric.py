@@ -133,3 +133,13 @@ def test_sampled_rows_are_seeded_and_keep_their_order():
 def test_the_flags_errors_name_what_to_fix(kwargs, says):
     with pytest.raises(InvalidInput, match=says):
         TrainConfig(**kwargs)
+
+
+def test_a_sharded_full_job_cannot_score_and_is_refused_at_submit(evaluable):
+    from worker.resolve import resolve_train_spec
+
+    with evaluable.session() as s, pytest.raises(InvalidInput, match="add --no-fsdp"):
+        resolve_train_spec(
+            s, name="x", method="full", model="tiny", dataset="faults", template="plain", method_flags={},
+            train_flags={"max_steps": 2, "gpus": 2, **SCORED}, max_len=192, max_source_len=128,
+        )  # fmt: skip

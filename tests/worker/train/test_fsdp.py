@@ -148,6 +148,12 @@ def test_a_sharded_full_job_trains_like_one_process_and_resumes_unsharded(tiny_m
         tiny_model_dir, rows, "full", {}, TrainConfig(**CFG), TrainPaths(resumed / "ckpt")
     )
     assert again.resumed_from == 2 and again.losses == pytest.approx(result.losses, rel=1e-5)
+    # ... writing plain checkpoints again (not labelled as a sharded run's), which resume in turn
+    (last_step, last), *_ = reversed(list_checkpoints(resumed / "ckpt"))
+    assert last_step == 4 and "optimizer_format" not in read_state(last)
+    shutil.rmtree(resumed / "ckpt" / saved[0][1].name)
+    _, more, _ = run_cpu(tiny_model_dir, rows, "full", {}, TrainConfig(**CFG), TrainPaths(resumed / "ckpt"))
+    assert more.resumed_from == 4 and more.steps == 4  # loaded (optimizer included), nothing left to run
     for name, value in _trained(model).items():
         torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=STEP_NOISE)
 

@@ -74,11 +74,19 @@ def test_the_parameter_count_is_the_real_models(tiny_model_dir):
     assert 1.50e9 < Shape.from_config(qwen).params < 1.56e9  # Qwen2.5-1.5B: 1.54B with its q/k/v biases
 
 
-def test_micro_batches_are_what_the_token_budget_groups():
-    assert micro_batch_tokens(16384, 8, 32, 590) == 27 * 592  # 27 rows of 592 fit the budget
+def test_micro_batches_are_the_largest_the_token_budget_can_group():
+    assert micro_batch_tokens(16384, 8, 32, 590) == 16384  # shorter rows can fill the whole budget
     assert micro_batch_tokens(16384, 8, 4, 100) == 4 * 104  # a step of 4 short rows is one micro-batch
     assert micro_batch_tokens(16384, 8, 32, 20000) == 20000  # a row wider than the budget goes alone
     assert micro_batch_tokens(0, 8, 32, 590) == 8 * 592  # no budget: batch_size rows
+    # what by_token_budget really builds stays within it: one 9000-token row among 2000-token ones
+    from worker.train.batching import by_token_budget
+
+    lengths = [9000] + [2000] * 31
+    built = max(
+        len(b) * max(lengths[i] for i in b) for b in by_token_budget(list(range(32)), lengths, 16384, 8)
+    )
+    assert built <= micro_batch_tokens(16384, 8, 32, 9000)
 
 
 def _plan(gpu_gib: float, **train):
@@ -114,11 +122,12 @@ def test_fsdp_shards_weights_and_state_not_activations():
     cfg = TrainConfig(batch_size=2, grad_accum=1, gradient_checkpointing=True)
     full = get_method("full").make_config({})
     one = estimate_peak(shape, "full", full, cfg, longest_row=2048, cuda=True)
-    assert one.weights + one.trainable_state > 100 * GIB  # ~7.6B x (4 + 4 + 8 + 2) bytes
-    with pytest.raises(InvalidInput):
-        plan_checkpointing(shape, "full", full, cfg, longest_row=2048, gpu_bytes=141 * GIB, fused=True)
+    assert one.weights + one.trainable_state > 120 * GIB  # ~7.6B x (4 + 4 + 8 + 2) bytes
+    assert one.trainable_state == 14 * one.weights // 4  # gradients, moments, autocast copy: 14 bytes
+    with pytest.raises(InvalidInput, match="the GPU has 80.0 GiB"):  # one H100
+        plan_checkpointing(shape, "full", full, cfg, longest_row=2048, gpu_bytes=80 * GIB, fused=True)
     four = plan_checkpointing(
-        shape, "full", full, cfg, longest_row=2048, gpu_bytes=141 * GIB, fused=True, shards=4
+        shape, "full", full, cfg, longest_row=2048, gpu_bytes=80 * GIB, fused=True, shards=4
     )
     assert four.activations == one.activations and four.weights == one.weights // 4
 
@@ -135,3 +144,13 @@ def test_dry_run_prints_the_estimate(ft, tiny_model_dir, tmp_path):
         ft("submit", "train", "--method", "lora", "-m", "tiny", "-d", "faults", "--dry-run", "--json").stdout
     )
     assert data["memory"]["peak_bytes"] > 0 and data["memory"]["micro_tokens"] > 0
+
+
+def test_an_architecture_it_does_not_read_gets_no_estimate():
+    from transformers import GPT2Config
+
+    from worker.train.memory import UnknownShape
+
+    lora = get_method("lora").make_config({})
+    with pytest.raises(UnknownShape, match="hidden_size"):
+        estimate_peak(GPT2Config().to_dict(), "lora", lora, TrainConfig(), longest_row=512)
