@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_generation import load_prompts  # noqa: E402
+from bench_generation import summary as generation_summary  # noqa: E402
 from train_throughput import SHAPES  # noqa: E402
 
 from worker.evaluation.generation import GenerationConfig, GenerationResult, generate  # noqa: E402
@@ -93,13 +94,7 @@ def timed(model: Any, tok: Any, prompts: list[str], cfg: GenerationConfig, **kw:
 
 
 def summary(r: GenerationResult) -> dict[str, Any]:
-    return {
-        "seconds": round(r.seconds, 3),
-        "new_tokens": r.new_tokens,
-        "tokens_per_s": round(r.tokens_per_s, 1),
-        "peak_memory_bytes": r.peak_memory_bytes,
-        "engine": r.engine,
-    }
+    return {**generation_summary(r), "engine": r.engine}
 
 
 def bench_shape(
