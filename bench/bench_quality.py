@@ -199,7 +199,8 @@ class Bench:
             for name, entry in record["adapters"].items():
                 variant, method = entry["variant"], entry["method"]
                 same = (
-                    _recipe(then, variant) == _recipe(now, variant)
+                    _recipe(now, variant) is not None  # a variant since removed is not today's recipe
+                    and _recipe(then, variant) == _recipe(now, variant)
                     and _method_defaults(then, method) == _method_defaults(now, method, like=then)
                     and {k: v for k, v in then["defaults"].items() if k != "methods"}
                     == {k: v for k, v in now["defaults"].items() if k != "methods"}

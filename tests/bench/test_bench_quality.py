@@ -112,12 +112,16 @@ def test_previous_results_take_only_adapters_scored_on_every_split_they_need(tmp
         method = recipes["variants"].get(variant, recipes["candidates"].get(variant, {})).get("method")
         return {"variant": variant, "method": method, "default": default, "seed": seed, **splits}
 
+    candidate = next(iter(recipes["candidates"]))  # whichever recipes.yaml lists today
+    gone = {"variant": "a-candidate-since-removed", "method": "ptuning", "default": False, "seed": 42,
+            "validation": scored}  # fmt: skip
     record = {"task": "faults", "headline": "f1", "recipes": recipes, "commit": "abc", "base": {},
               "adapters": {
                   "faults-lora-s42": entry("lora", 42, validation=scored, test=scored),
                   "faults-lora-s1": entry("lora", 1),  # trained, never evaluated
                   "faults-full-s1": entry("full", 1, validation=scored),  # test evaluation cut off
-                  "faults-ptuning-e32-s42": entry("ptuning-e32", 42, default=False, validation=scored),
+                  f"faults-{candidate}-s42": entry(candidate, 42, default=False, validation=scored),
+                  "faults-gone-s42": gone,  # its variant is no longer in recipes.yaml: not today's recipe
               }}  # fmt: skip
     previous = tmp_path / "previous.json"
     previous.write_text(json.dumps(record), encoding="utf-8")
@@ -125,5 +129,5 @@ def test_previous_results_take_only_adapters_scored_on_every_split_they_need(tmp
         ["--model-dir", str(tmp_path), "--home", str(tmp_path / "home"), "--previous", str(previous)]
     )
     taken = bench.Bench(args, recipes).previous
-    assert sorted(taken) == ["faults-lora-s42", "faults-ptuning-e32-s42"]
+    assert sorted(taken) == sorted(["faults-lora-s42", f"faults-{candidate}-s42"])
     assert taken["faults-lora-s42"]["from"] == "previous.json" and taken["faults-lora-s42"]["commit"] == "abc"
