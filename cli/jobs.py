@@ -123,8 +123,8 @@ def show(app: AppContext, job_id: int, as_json: bool) -> None:
               help="Where to write the PNG  [default: job-N-curves.png in FT_HOME's logs]")  # fmt: skip
 @pass_app
 def plot(app: AppContext, job_id: int, out: Path | None) -> None:
-    """Draw a training job's loss, eval loss and learning rate per step as a PNG, and print its path
-    (from the TensorBoard events it wrote; works while it runs).
+    """Draw a training job's loss, eval loss, --eval-metric and learning rate per step as a PNG, and
+    print its path (from the TensorBoard events it wrote; works while it runs).
 
     \b
     Example:
@@ -132,14 +132,14 @@ def plot(app: AppContext, job_id: int, out: Path | None) -> None:
         ft jobs plot 7 -o curves.png
     """
     from catalog.errors import InvalidInput
-    from worker.train.curves import plot_curves, read_curves
+    from worker.train.curves import metric_tag, plot_curves, read_curves
 
     with app.catalog.session() as s:
         job = get_job(s, job_id)
-        kind, name = job.kind, (job.spec or {}).get("name")
+        kind, name, metric = job.kind, (job.spec or {}).get("name"), metric_tag(job.spec)
     if kind != "train":
         raise InvalidInput(f"job {job_id} is a {kind} job: only training jobs have curves")
-    curves = read_curves(app.settings.tensorboard_dir(job_id))
+    curves = read_curves(app.settings.tensorboard_dir(job_id), metric)
     out = out or app.settings.logs / f"job-{job_id}-curves.png"
     plot_curves(curves, out, f"job {job_id}" + (f": {name}" if name else ""))
     points = ", ".join(f"{tag} {len(v)}" for tag, v in curves.items())

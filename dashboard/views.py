@@ -136,21 +136,27 @@ def log_tail(job: Job, settings: Settings, limit: int = LOG_TAIL_BYTES) -> str |
 
 
 def charts(job: Job, settings: Settings) -> list[str]:
-    """The loss and eval-loss chart and the learning-rate chart of a training job (inline SVG), from
-    the TensorBoard events it writes (the reader of `ft jobs plot`); empty before its first step."""
+    """The loss and eval-loss chart, the --eval-metric chart and the learning-rate chart of a training
+    job (inline SVG), from the TensorBoard events it writes (the reader of `ft jobs plot`); empty before
+    its first step."""
     if job.kind != "train":
         return []
-    from worker.train.curves import CURVES, read_curves
+    from worker.train.curves import CURVES, metric_tag, read_curves
 
+    metric = metric_tag(job.spec)
     try:
-        curves = read_curves(settings.tensorboard_dir(job.id))
+        curves = read_curves(settings.tensorboard_dir(job.id), metric)
     except FtError:
         return []
     loss = line_chart(
         {CURVES[t]: curves.get(t, []) for t in ("train/loss", "eval/loss")}, title="loss", y_label="loss"
     )
+    label = metric.removeprefix("eval/") if metric else ""
+    scored = (
+        line_chart({label: curves.get(metric, [])}, title=f"eval {label}", y_label=label) if metric else None
+    )
     lr = line_chart({CURVES["train/lr"]: curves.get("train/lr", [])}, title="learning rate", y_label="lr")
-    return [c for c in (loss, lr) if c]
+    return [c for c in (loss, scored, lr) if c]
 
 
 def adapters_page(session: Session, page: int, page_size: int = PAGE_SIZE) -> dict[str, Any]:

@@ -26,6 +26,11 @@ from worker.train.scoring import BEST, BEST_JSON, StepScorer, read_best, sample_
 SCORED = {"eval_split": "test", "eval_metric": "triple-f1", "eval_rows": 4, "eval_steps": 1}
 
 
+def adapter_job(catalog, name: str) -> int:
+    with catalog.session() as s:
+        return get_adapter(s, name).job_id
+
+
 @pytest.fixture
 def evaluable(catalog, store, lively_model_dir, tmp_path):
     return register_faults(catalog, store, lively_model_dir, tmp_path)
@@ -44,6 +49,9 @@ def test_a_train_job_scores_every_evaluation_and_keeps_the_best_step(
     best = max(curve.values(), key=lambda m: m["f1"])["f1"]
     assert metrics["best_step"] == min(int(step) for step, m in curve.items() if m["f1"] == best)
 
+    job_id = adapter_job(evaluable, "scored")
+    plotted = ft("jobs", "plot", str(job_id), "-o", str(tmp_path / "curves.png")).output
+    assert "eval/f1 3" in plotted and (tmp_path / "curves.png").stat().st_size > 0  # its curve, drawn
     shown = ft("adapters", "show", "scored").output
     assert (
         f"triple-f1 f1 by step: 1 {curve['1']['f1']:.3f}, 2 " in shown
