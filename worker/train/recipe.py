@@ -24,7 +24,6 @@ from catalog.errors import InvalidInput
 from worker.methods import Method
 from worker.models.loading import ParamCounts, count_parameters, default_device, load_base, load_tokenizer
 from worker.models.loading import pad_token_id as tokenizer_pad_id
-from worker.train.batching import load_rows
 from worker.train.config import TrainConfig
 from worker.train.distributed import Ranks
 from worker.train.engine import TrainHooks, TrainPaths, TrainResult, train
@@ -67,7 +66,8 @@ def run_training(
     weights_dir = parent if whole else base_model_dir
     estimate = None
     if device.type == "cuda":  # refuse what cannot fit before loading it; decide unset checkpointing
-        cfg, estimate = fit_memory(Path(weights_dir), method, method_cfg, cfg, train_data, device)
+        gpu_bytes = torch.cuda.get_device_properties(device).total_memory
+        cfg, estimate = fit_memory(Path(weights_dir), method, method_cfg, cfg, train_data, gpu_bytes)
     sharded = not method.artifact.shares_base and cfg.fsdp and Ranks.current().many
     # FSDP: loaded on the CPU, each layer moves to the GPU as its shard, so no GPU holds the whole model
     base = load_base(
@@ -103,23 +103,23 @@ def fit_memory(
     method_cfg: Any,
     cfg: TrainConfig,
     train_data: Any,
-    device: torch.device,
+    gpu_bytes: int,
 ) -> tuple[TrainConfig, MemoryEstimate | None]:
-    """The config to train with (gradient checkpointing decided when unset) and the memory estimate
-    (worker/train/memory.py), or InvalidInput when the job cannot fit this GPU; no estimate without
-    the base's config.json or for an architecture the estimate does not read."""
+    """The config to train with on a GPU of `gpu_bytes` (gradient checkpointing decided when unset) and
+    the memory estimate (worker/train/memory.py), or InvalidInput when the job cannot fit it; no
+    estimate without the base's config.json or for an architecture the estimate does not read."""
     config_path = weights_dir / "config.json"
     if not config_path.is_file():
         return cfg, None
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    rows = load_rows(train_data)
-    fused = cfg.fused_kernels and fused_kernels_problem_for(config.get("model_type"), device.type) is None
+    longest = max((len(ids) for ids in train_data["input_ids"]), default=1)  # not load_rows: train() does
+    fused = cfg.fused_kernels and fused_kernels_problem_for(config.get("model_type"), "cuda") is None
     ranks = Ranks.current()
     shards = ranks.world if not method.artifact.shares_base and cfg.fsdp and ranks.many else 1
     try:
         estimate = plan_checkpointing(
-            config, method.name, method_cfg, cfg, longest_row=max(rows.lengths, default=1),
-            gpu_bytes=torch.cuda.get_device_properties(device).total_memory, fused=fused, shards=shards,
+            config, method.name, method_cfg, cfg, longest_row=longest,
+            gpu_bytes=gpu_bytes, fused=fused, shards=shards,
         )  # fmt: skip
     except UnknownShape as exc:
         log.info("no memory estimate: %s", exc)

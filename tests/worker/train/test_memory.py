@@ -154,3 +154,23 @@ def test_an_architecture_it_does_not_read_gets_no_estimate():
     lora = get_method("lora").make_config({})
     with pytest.raises(UnknownShape, match="hidden_size"):
         estimate_peak(GPT2Config().to_dict(), "lora", lora, TrainConfig(), longest_row=512)
+
+
+def test_a_gpu_job_is_planned_from_its_base_and_rows_before_loading(tiny_model_dir):
+    """What a job process on a GPU runs first (worker/train/recipe.py fit_memory), here with the
+    GPU's memory given: unset checkpointing decided, a hopeless job refused, no config no estimate."""
+    from tests.worker.train_helpers import tokenised_rows
+    from worker.train.recipe import fit_memory
+
+    rows = tokenised_rows(tiny_model_dir, 8, max_tokens=160)
+    lora, method = get_method("lora").make_config({}), get_method("lora")
+    cfg = TrainConfig(batch_size=2, grad_accum=1, lr=1e-3, epochs=1, optimizer="adamw")
+    roomy, est = fit_memory(tiny_model_dir, method, lora, cfg, rows, gpu_bytes=80 * GIB)
+    assert roomy.gradient_checkpointing is False and est.total_bytes > 0
+    assert est.micro_tokens == 2 * ((max(len(r) for r in rows["input_ids"]) + 7) // 8 * 8)  # 2 rows, padded
+    tight = est.total_bytes * 0.8 / 0.92  # fits only with checkpointing (the tiny model's activations)
+    chosen, _ = fit_memory(tiny_model_dir, method, lora, cfg, rows, gpu_bytes=int(tight))
+    assert chosen.gradient_checkpointing is True
+    with pytest.raises(InvalidInput, match="needs about"):
+        fit_memory(tiny_model_dir, method, lora, cfg, rows, gpu_bytes=1 << 20)
+    assert fit_memory(tiny_model_dir.parent, method, lora, cfg, rows, gpu_bytes=1 << 20) == (cfg, None)
