@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="leave out the run with Liger's RMSNorm/RoPE/SwiGLU kernels (GPU only)",
     )
+    p.add_argument(
+        "--compile", action="store_true", help="also run with the decoder layers compiled (GPU only)"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     return p.parse_args(argv)
 
@@ -130,6 +133,21 @@ def bench_shape(
         generate(model, tok, prompts[:2], GenerationConfig(engine="graph", max_new_tokens=8, ignore_eos=True))
         cfg = GenerationConfig(engine="graph", batch_size=64, **common)
         runs["graph_fused"] = timed(model, tok, prompts, cfg)
+    stacked = None  # before the compile, which changes the model in place
+    if args.adapters and shape == args.shapes.split(",")[0]:
+        stacked = bench_adapters(model, tok, prompts, args, common)
+    compiled = None
+    if args.compile and device == "cuda":  # on top of the fused kernels when they were applied
+        cfg = GenerationConfig(engine="graph", batch_size=64, compile_layers=True, **common)
+        started = time.perf_counter()
+        first = timed(model, tok, prompts, cfg)  # the compile happens here
+        compiled = {"first_call_seconds": round(time.perf_counter() - started, 2), **summary(first)}
+        print(f"{shape} compiled first call (compiles): {compiled['first_call_seconds']} s", flush=True)
+        runs["graph_compiled"] = timed(model, tok, prompts, cfg)
+        if args.many > 1:
+            many_c = timed(model, tok, prompts * args.many, cfg)
+            compiled["many_rows"] = {"copies": args.many, **summary(many_c)}
+            print(f"{shape} compiled x{args.many} rows: {many_c.tokens_per_s:,.0f} tok/s", flush=True)
     for name, r in runs.items():
         print(f"{shape} {name}: {r.tokens_per_s:,.0f} tok/s, {r.seconds:.2f} s", flush=True)
     graph = runs["graph"]
@@ -147,14 +165,20 @@ def bench_shape(
         "identical_to_generate_b64": round(sum(same) / max(len(same), 1), 3),
         "graph_many_rows": {"copies": args.many, **summary(many)} if args.many > 1 else None,
         "fused_kernels": fused,
+        "compiled_layers": compiled,
     }
+    if "graph_compiled" in runs:
+        same_c = [
+            a == b for a, b in zip(runs["graph_compiled"].texts, runs["generate_b64"].texts, strict=True)
+        ]
+        out["compiled_identical_to_generate_b64"] = round(sum(same_c) / max(len(same_c), 1), 3)
     if "graph_fused" in runs:
         fused_same = [
             a == b for a, b in zip(runs["graph_fused"].texts, runs["generate_b64"].texts, strict=True)
         ]
         out["fused_identical_to_generate_b64"] = round(sum(fused_same) / max(len(fused_same), 1), 3)
-    if args.adapters and shape == args.shapes.split(",")[0]:
-        out["stacked_lora"] = bench_adapters(model, tok, prompts, args, common)
+    if stacked is not None:
+        out["stacked_lora"] = stacked
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -183,7 +207,27 @@ def bench_adapters(model: Any, tok: Any, prompts: list[str], args: argparse.Name
                 f"stacked {label} ({len(models)} models): {r.tokens_per_s:,.0f} tok/s, {r.seconds:.2f} s",
                 flush=True,
             )
+        if args.compile and torch.cuda.is_available():  # the same with the layers compiled
+            ccfg = GenerationConfig(engine="graph", batch_size=64, compile_layers=True, **common)
+            started = time.perf_counter()
+            timed(stacked, tok, prompts, ccfg, adapter_names=[names[0]] * len(prompts))
+            result["compile_seconds"] = round(time.perf_counter() - started, 2)
+            for label, models in (("one", names[:1]), ("all", names), ("base_and_one", [BASE, names[0]])):
+                rows = [m for m in models for _ in prompts]
+                r = timed(stacked, tok, prompts * len(models), ccfg, adapter_names=rows)
+                result[f"compiled_{label}"] = summary(r)
+                print(f"stacked compiled {label}: {r.tokens_per_s:,.0f} tok/s, {r.seconds:.2f} s", flush=True)
     result["all_over_one_seconds"] = round(result["all"]["seconds"] / result["one"]["seconds"], 2)
+    if "compiled_all" in result:
+        result["compiled_all_over_one_seconds"] = round(
+            result["compiled_all"]["seconds"] / result["compiled_one"]["seconds"], 2
+        )
+    peft.set_adapter(names[0])  # one adapter merged into the weights: the base's kernels only
+    peft.merge_adapter([names[0]])
+    r = timed(peft, tok, prompts, cfg)
+    result["one_merged"] = summary(r)
+    print(f"one adapter merged: {r.tokens_per_s:,.0f} tok/s, {r.seconds:.2f} s", flush=True)
+    peft.unmerge_adapter()
     peft.unload()
     return result
 

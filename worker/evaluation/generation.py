@@ -83,6 +83,9 @@ class GenerationConfig(Decoding):
     """"graph": ft's decoding loop (worker/evaluation/graph_decoding.py: a static cache, and each step
     one CUDA graph replay on a GPU); "generate": transformers' `generate`; "auto": the loop on CUDA
     where it can decode the model, else `generate`."""
+    compile_layers: bool = False
+    """With the graph loop on CUDA, `torch.compile` each decoder layer first (fewer, fused kernels a
+    step, at a compile of tens of seconds a process: worker/evaluation/regional_compile.py)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -279,6 +282,10 @@ class _Session:
             if cfg.engine == "graph":
                 raise InvalidInput(f"the graph decoding engine cannot decode with {reason}")
             return None
+        if cfg.compile_layers and cuda:
+            from worker.evaluation.regional_compile import compile_layers
+
+            compile_layers(self.model)
         return GraphDecoder(
             self.model,
             max_new_tokens=cfg.max_new_tokens,
