@@ -5,7 +5,7 @@
 # travel with one call, the checkout (~3 MB) included, so two model parts never go together:
 #   call 1, carry .carry/smol.part.aa .carry/wheels .carry/data:  cp .carry/smol.part.aa /tmp/ && cp -r .carry/data /tmp/
 #   call 2, carry .carry/smol.part.ab:                            cp .carry/smol.part.ab /tmp/
-#   call 3, carry .carry/smol.part.ac .carry/wheels:  FT_COMMIT=<this checkout's HEAD> . bench/device_env.sh && \
+#   call 3, carry .carry/smol.part.ac .carry/wheels:  export FT_COMMIT=<this checkout's HEAD>; . bench/device_env.sh && \
 #       python3 bench/bench_quality.py --gguf /tmp/smollm2.gguf --data /tmp/data --out $OUT/NAME.json ...
 # each within ~30 s of the last (the machine is only kept that long).
 if [ ! -s /tmp/smollm2.gguf ]; then
