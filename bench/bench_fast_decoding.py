@@ -70,6 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="leave out the run with Liger's RMSNorm/RoPE/SwiGLU kernels (GPU only)",
     )
     p.add_argument(
+        "--no-cudnn-baseline",
+        action="store_true",
+        help="also run the loop with cuDNN attention left out (as generate runs)",
+    )
+    p.add_argument(
         "--compile", action="store_true", help="also run with the decoder layers compiled (GPU only)"
     )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -115,6 +120,15 @@ def bench_shape(
     runs["generate_b64"] = timed(
         model, tok, prompts, GenerationConfig(engine="generate", batch_size=64, **common)
     )
+    if args.no_cudnn_baseline:  # the loop as it was before it let cuDNN attention in
+        from worker.evaluation import graph_decoding
+        from worker.models.attention import WITHOUT_CUDNN
+
+        allowed, graph_decoding.ATTENTION = graph_decoding.ATTENTION, WITHOUT_CUDNN
+        cfg = GenerationConfig(engine="graph", batch_size=64, **common)
+        generate(model, tok, prompts[:2], GenerationConfig(engine="graph", max_new_tokens=8, ignore_eos=True))
+        runs["graph_no_cudnn"] = timed(model, tok, prompts, cfg)
+        graph_decoding.ATTENTION = allowed
     runs["graph"] = timed(model, tok, prompts, GenerationConfig(engine="graph", batch_size=64, **common))
     if args.many > 1:  # the same prompts k times over: what batching as many rows as fit buys
         many = timed(

@@ -43,10 +43,12 @@ from typing import Any
 
 import torch
 from peft import PeftType
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import StaticCache
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from worker.evaluation.stopping import RepeatedLineCriteria
+from worker.models.attention import WITHOUT_CUDNN
 
 CHECK_EVERY = 8
 """Decoding steps between two looks from the host (a sync): stop when all rows are done, cancellation,
@@ -54,6 +56,12 @@ progress, the repeated-line stop. More steps a look let the host run further ahe
 extra steps a finished batch runs are at most this many."""
 MASKED_ATTENTION = ("sdpa", "eager")
 """Attention implementations that take the 4-D additive mask built here."""
+
+ATTENTION = [SDPBackend.CUDNN_ATTENTION, *WITHOUT_CUDNN]
+"""The attention kernels the loop allows. Unlike `generate` (worker/models/attention.py), it lets cuDNN
+in: a batch has two fixed shapes (prefill, step), so cuDNN plans twice a batch, not at every step, and
+its kernel is the fastest at attending one new token over a long masked cache (on an H200, 135M shape,
+50 rows over 1,924 slots: bench/results/profile-decode-step-*.json)."""
 
 StepHook = Callable[[int, torch.Tensor], bool]
 """Called at each look with (steps so far, the tokens so far, rows x steps, on the host); returning
@@ -147,6 +155,16 @@ class GraphDecoder:
         on_look: StepHook | None = None,
     ) -> list[list[int]]:
         """The generated tokens of each row (max_new_tokens of them; after a row's end, pad ids)."""
+        with sdpa_kernel(ATTENTION):
+            return self._run(input_ids, mask, repeated, on_look)
+
+    def _run(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        repeated: RepeatedLineCriteria | None,
+        on_look: StepHook | None,
+    ) -> list[list[int]]:
         rows, device = input_ids.shape[0], input_ids.device
         dtype = self.model.get_input_embeddings().weight.dtype
         inputs, mask, prefix = self._prompt_inputs(input_ids, mask, dtype)
