@@ -2,7 +2,9 @@
 evaluation default, and 64, today's) against the graph loop (worker/evaluation/graph_decoding.py: a
 static cache, each step one CUDA graph replay; on a GPU it batches as many rows as fit,
 worker/evaluation/batches.py), with and without Liger's RMSNorm/RoPE/SwiGLU kernels, plus stacked
-LoRA adapters through the graph loop.
+LoRA adapters through the graph loop. Ablations of the loop, each on request: without cuDNN attention
+(--no-cudnn-baseline), without the buckets of rows (--no-buckets-baseline,
+worker/evaluation/bucketed_attention.py), with the decoder layers compiled (--compile).
 
 Models are randomly initialised from the published configs (bench/train_throughput.py SHAPES, bf16);
 speed does not depend on the weights. Every row decodes `--max-new-tokens` (EOS ignored), so both
@@ -75,6 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run the loop with cuDNN attention left out (as generate runs)",
     )
     p.add_argument(
+        "--no-buckets-baseline",
+        action="store_true",
+        help="also run the loop attending every row over every cache slot (no buckets of rows)",
+    )
+    p.add_argument(
         "--compile", action="store_true", help="also run with the decoder layers compiled (GPU only)"
     )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -129,6 +136,13 @@ def bench_shape(
         generate(model, tok, prompts[:2], GenerationConfig(engine="graph", max_new_tokens=8, ignore_eos=True))
         runs["graph_no_cudnn"] = timed(model, tok, prompts, cfg)
         graph_decoding.ATTENTION = allowed
+    if args.no_buckets_baseline:  # the step attending every row over every slot (one bucket)
+        from worker.evaluation import bucketed_attention
+
+        cost, bucketed_attention.BUCKET_COST = bucketed_attention.BUCKET_COST, 1 << 62
+        cfg = GenerationConfig(engine="graph", batch_size=64, **common)
+        runs["graph_no_buckets"] = timed(model, tok, prompts, cfg)
+        bucketed_attention.BUCKET_COST = cost
     runs["graph"] = timed(model, tok, prompts, GenerationConfig(engine="graph", batch_size=64, **common))
     if args.many > 1:  # the same prompts k times over: what batching as many rows as fit buys
         many = timed(

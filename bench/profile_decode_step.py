@@ -41,7 +41,7 @@ def decoder(model, new: int, graphs: bool) -> GraphDecoder:
 
 
 def kernels(model, ids, mask, new: int) -> dict[str, tuple[int, float]]:
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA]) as prof, torch.inference_mode():
         decoder(model, new, graphs=False).run(ids, mask)
         torch.cuda.synchronize()
     out: dict[str, list] = defaultdict(lambda: [0, 0.0])
@@ -55,7 +55,8 @@ def kernels(model, ids, mask, new: int) -> dict[str, tuple[int, float]]:
 def wall(model, ids, mask, new: int) -> float:
     torch.cuda.synchronize()
     t = time.perf_counter()
-    decoder(model, new, graphs=True).run(ids, mask)
+    with torch.inference_mode():
+        decoder(model, new, graphs=True).run(ids, mask)
     torch.cuda.synchronize()
     return time.perf_counter() - t
 
@@ -79,7 +80,14 @@ def profile_shape(shape: str, tok, prompts: list[str], fused: bool) -> dict:
             per_step[name] = {"count": round((n - n0) / steps, 1), "ms": round((t - t0) / steps, 4)}
     top = dict(sorted(per_step.items(), key=lambda kv: -kv[1]["ms"])[:30])
     wall(model, ids, mask, LONG)  # warm-up of the captured loop
-    replay_ms = (min(wall(model, ids, mask, 264) for _ in range(2)) - min(wall(model, ids, mask, SHORT) for _ in range(2))) / (264 - SHORT) * 1000
+    replay_ms = (
+        (
+            min(wall(model, ids, mask, 264) for _ in range(2))
+            - min(wall(model, ids, mask, SHORT) for _ in range(2))
+        )
+        / (264 - SHORT)
+        * 1000
+    )
     result = {
         "shape": shape,
         "fused": note,
@@ -111,11 +119,21 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(args.tokenizer, padding_side="left")
     tok.pad_token = tok.pad_token or tok.eos_token
     prompts = load_prompts(args.data, "plain", tok, args.limit)
-    results = [profile_shape(s, tok, prompts, fused) for s in args.shapes.split(",") for fused in (False, True)]
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "commit": os.environ.get("FT_COMMIT"), "command": " ".join(sys.argv), "results": results}  # fmt: skip
+    results = [
+        profile_shape(s, tok, prompts, fused) for s in args.shapes.split(",") for fused in (False, True)
+    ]
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "commit": os.environ.get("FT_COMMIT"),
+        "command": " ".join(sys.argv),
+        "results": results,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"profile-decode-step-{report['device'].replace(' ', '_')}-{(report['commit'] or 'nogit')[:7]}.json"
+    path = (
+        args.out
+        / f"profile-decode-step-{report['device'].replace(' ', '_')}-{(report['commit'] or 'nogit')[:7]}.json"
+    )
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
 

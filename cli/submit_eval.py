@@ -13,7 +13,7 @@ from cli.follow import follow_job, job_dict, raise_unless_succeeded
 from cli.output import print_json
 from cli.submit import enqueue, report_submitted, submit, submit_options
 
-EVAL_KEYS = ("limit", "max_source_len", "dtype")
+EVAL_KEYS = ("limit", "max_source_len", "dtype", "fused_kernels")
 """Fields of worker.spec.EvalSpec that are flags; the decoding flags come from worker.evaluation.decoding."""
 
 

@@ -162,6 +162,7 @@ def resolve_eval_specs(
     top_p: float | None = None,
     seed: int = 0,
     dtype: str = EvalSpec.dtype,
+    fused_kernels: bool = EvalSpec.fused_kernels,
 ) -> list[EvalSpec]:
     """Validate an evaluation request; one EvalSpec per base model, in the order first named.
 
@@ -222,7 +223,7 @@ def resolve_eval_specs(
             EvalSpec(
                 base_model_id=model_id, model_name=model.name, dataset_id=ds.id, dataset_ref=ds.ref,
                 split=split, metric=metric, targets=targets, decoding=decoding, limit=limit,
-                max_source_len=max_source_len, dtype=dtype,
+                max_source_len=max_source_len, dtype=dtype, fused_kernels=fused_kernels,
             )
         )  # fmt: skip
     return specs

@@ -165,6 +165,9 @@ class EvalSpec:
     """Prompts longer than this many tokens keep their start (--max-source-len), as training does."""
     dtype: str = "auto"
     """Weights' dtype (--dtype): auto is bfloat16 on a GPU that supports it, float32 otherwise."""
+    fused_kernels: bool = True
+    """Liger's RMSNorm, RoPE and SwiGLU kernels on a CUDA GPU, as training uses them: fewer kernels a
+    decoding step (--no-fused-kernels: transformers' own; no effect on a CPU)."""
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -90,15 +90,17 @@ def test_fast_decoding_bench_runs_both_engines_in_one_process(tiny_model_dir, tm
     bench = _load("bench_fast_decoding")
     path = bench.main([
         "--tokenizer", str(tiny_model_dir), "--data", str(FAULTS_TEST), "--shapes", "tiny", "--limit", "3",
-        "--max-new-tokens", "6", "--adapters", "2", "--skip-batch-16", "--out", str(tmp_path),
+        "--max-new-tokens", "6", "--adapters", "2", "--skip-batch-16",
+        "--no-cudnn-baseline", "--no-buckets-baseline", "--out", str(tmp_path),
     ])  # fmt: skip
     report = json.loads(path.read_text(encoding="utf-8"))
     (shape,) = report["shapes"]
     runs = shape["runs"]
-    assert set(runs) == {"generate_b64", "graph"}  # no fused run on a CPU
+    assert set(runs) == {"generate_b64", "graph", "graph_no_cudnn", "graph_no_buckets"}  # no fused on a CPU
     assert runs["generate_b64"]["new_tokens"] == runs["graph"]["new_tokens"] == 3 * 6  # EOS ignored
     assert runs["graph"]["engine"] == "graph" and runs["generate_b64"]["engine"] == "generate"
     assert shape["identical_to_generate_b64"] == 1.0  # fp32
+    assert runs["graph_no_buckets"]["new_tokens"] == runs["graph_no_cudnn"]["new_tokens"] == 3 * 6
     assert shape["speedup"]["graph_over_generate_b64"] > 0
     stacked = shape["stacked_lora"]
     assert stacked["all"]["new_tokens"] == 2 * stacked["one"]["new_tokens"] == 2 * 3 * 6

@@ -74,3 +74,9 @@ def test_evaluation_batches_64_prompts_per_model(ft):
         == 64
     )
     assert "[default: 64]" in " ".join(ft("submit", "eval", "--help").output.split())
+
+
+def test_evaluation_uses_the_fused_kernels_unless_told_not_to(ft, two_models):
+    base = ["submit", "eval", "--base", "tiny", "-d", "faults:1:train", "--json"]
+    assert json.loads(ft(*base).stdout)["spec"]["fused_kernels"] is True
+    assert json.loads(ft(*base, "--no-fused-kernels").stdout)["spec"]["fused_kernels"] is False

@@ -258,8 +258,16 @@ def evaluate_all(
     loads: dict[str, Any] = {"base_loads": 0, "model_loads": 0, "device": str(device)}
     loads["dtype"] = str(dtype).removeprefix("torch.")
 
+    def load(path: Path) -> Any:
+        model = load_base(path, device, dtype=dtype, trust_remote_code=trust_remote_code)
+        if spec.fused_kernels and device.type == "cuda":
+            from worker.train.kernels import apply_fused_kernels
+
+            log.info("%s", apply_fused_kernels(model, loss=False))
+        return model
+
     if base_ix or groups:
-        model = load_base(base_model_dir, device, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = load(base_model_dir)
         loads["base_loads"] += 1
         log.info("loaded base model %s on %s (%s) once for this job", spec.model_name, device, dtype)
         for members in groups.values():
@@ -278,10 +286,6 @@ def evaluate_all(
         del model
         _free_memory(device)
     for i in (i for i, fmt in formats.items() if not fmt.shares_base):
-
-        def load(path: Path) -> Any:
-            return load_base(path, device, dtype=dtype, trust_remote_code=trust_remote_code)
-
         model = formats[i].load(base_model_dir, artifacts[i], load_base=load)
         loads["model_loads"] += 1
         outcomes[i] = evaluator.run(model, spec.targets[i])

@@ -12,6 +12,9 @@ bookkeeping and ~500 separate launches (bench/results/generation-*.json). Here o
    once per batch as a CUDA graph and then replayed: one launch a step. Choosing the next token (greedy,
    or transformers' own temperature and top-p warpers and `multinomial`), EOS and the padding of finished
    rows run outside the graph, on the GPU, without a host sync;
+   The step's attention may use cuDNN (`ATTENTION`: a batch has fixed shapes, so cuDNN plans twice a
+   batch), and attends each run of rows over the cache slots those rows use, not over the padding the
+   longest prompt forced on all (worker/evaluation/bucketed_attention.py);
 3. every CHECK_EVERY steps the host looks: stop when every row is done, ask `should_stop`, report
    progress, and feed the new tokens to the repeated-line stop (worker/evaluation/stopping.py), which
    then finds the exact token a row stopped at, so texts and token counts equal `generate`'s.
@@ -47,6 +50,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import StaticCache
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
+from worker.evaluation.bucketed_attention import buckets, plan_buckets
 from worker.evaluation.stopping import RepeatedLineCriteria
 from worker.models.attention import WITHOUT_CUDNN
 
@@ -143,6 +147,8 @@ class GraphDecoder:
         self.eos = list(eos)
         self.captured = 0
         """Batches decoded with a captured CUDA graph (what a bench reports)."""
+        self.buckets = 1
+        """Buckets of rows the last batch's step attended in (worker/evaluation/bucketed_attention.py)."""
         self.graph_error: str | None = None
         """Why a capture failed (that batch then decoded eagerly), if one did."""
 
@@ -188,6 +194,21 @@ class GraphDecoder:
             column=torch.tensor([lead + prompt_len], dtype=torch.long, device=device),
             mask=step_mask,
         )
+        plan = plan_buckets(attend.int().argmax(-1).tolist(), attend.shape[1])
+        self.buckets = len(plan) if self.config._attn_implementation == "sdpa" else 1
+        with buckets(self.config, plan):  # the step attends each run of rows over the slots it uses
+            return self._decode(logits, state, cache, rows, repeated, on_look)
+
+    def _decode(
+        self,
+        logits: torch.Tensor,
+        state: _StepState,
+        cache: StaticCache,
+        rows: int,
+        repeated: RepeatedLineCriteria | None,
+        on_look: StepHook | None,
+    ) -> list[list[int]]:
+        device = logits.device
         step = self._step_fn(state, cache)
         eos = torch.tensor(self.eos or [-1], device=device)
         out = torch.full((rows, self.max_new), self.pad_id, dtype=torch.long, device=device)

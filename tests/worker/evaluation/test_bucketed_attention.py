@@ -1,0 +1,83 @@
+"""The decoding step's attention in buckets of rows (worker/evaluation/bucketed_attention.py): the plan
+is the cheapest cut (against every cut of a small batch), and decoding with the batch cut into buckets
+gives generate's greedy texts on the tiny real Llama (CPU, fp32) for padded batches, LoRA and p-tuning."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from peft import LoraConfig, PromptEncoderConfig, get_peft_model
+
+from tests.worker.evaluation.test_generation import PROMPTS, _chaotic, chaotic, tok  # noqa: F401
+from worker.evaluation import bucketed_attention
+from worker.evaluation.bucketed_attention import plan_buckets
+from worker.evaluation.generation import GenerationConfig, generate
+from worker.evaluation.graph_decoding import GraphDecoder, TokenPicker
+
+
+def cost(plan, slots, per_bucket):
+    return sum((b - a) * (slots - s) + per_bucket for a, b, s in plan)
+
+
+@pytest.mark.parametrize("starts", [[0, 3, 3, 40, 41, 90, 95], [0, 0, 0, 0], [5, 80, 81, 82, 83, 99]])
+@pytest.mark.parametrize("per_bucket", [0, 30, 500])
+def test_the_plan_is_the_cheapest_cut(starts, per_bucket):
+    slots = 100
+    plan = plan_buckets(starts, slots, cost=per_bucket)
+    assert [a for a, _, _ in plan][0] == 0 and plan[-1][1] == len(starts)
+    assert all(b == a2 for (_, b, _), (a2, _, _) in itertools.pairwise(plan))  # in order, no gaps
+    assert all(s == min(starts[a:b]) for a, b, s in plan)  # no row loses a slot it uses
+    cheapest = min(
+        cost(
+            [(a, b, min(starts[a:b])) for a, b in itertools.pairwise([0, *cut, len(starts)])],
+            slots,
+            per_bucket,
+        )
+        for k in range(len(starts))
+        for cut in itertools.combinations(range(1, len(starts)), k)
+    )
+    assert cost(plan, slots, per_bucket) == cheapest
+
+
+def test_a_long_prompt_among_short_ones_gets_its_own_bucket():
+    assert plan_buckets([0] + [1400] * 49, 1924) == [(0, 1, 0), (1, 50, 1400)]
+    assert plan_buckets([7] * 50, 1924) == [(0, 50, 7)]  # nothing to save: one bucket
+
+
+@pytest.fixture
+def every_row_its_bucket(monkeypatch):
+    monkeypatch.setattr(bucketed_attention, "BUCKET_COST", 0)
+
+
+def both(model, tokenizer, prompts, **cfg):
+    hf = generate(model, tokenizer, prompts, GenerationConfig(engine="generate", **cfg))
+    graph = generate(model, tokenizer, prompts, GenerationConfig(engine="graph", **cfg))
+    return hf, graph
+
+
+def test_bucketed_steps_equal_generate(chaotic, tok, every_row_its_bucket):  # noqa: F811
+    enc = tok(PROMPTS, padding=True, return_tensors="pt", padding_side="left")
+    decoder = GraphDecoder(chaotic, max_new_tokens=4, eos=[], pad_id=tok.pad_token_id,
+                           picker=TokenPicker(False, 1.0, 1.0), graphs=False)  # fmt: skip
+    with torch.inference_mode():
+        decoder.run(enc["input_ids"], enc["attention_mask"])
+    assert decoder.buckets > 2  # the prompts' lengths differ: the batch was cut
+    assert chaotic.config._attn_implementation == "sdpa"  # and put back
+    hf, graph = both(chaotic, tok, PROMPTS, max_new_tokens=24, batch_size=7)
+    assert len(set(hf.texts)) == len(PROMPTS)
+    assert graph.texts == hf.texts
+
+
+@pytest.mark.parametrize(
+    "peft_config",
+    [LoraConfig(r=4, init_lora_weights=False),
+     PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, encoder_hidden_size=32)],
+    ids=["lora", "p-tuning"],
+)  # fmt: skip
+def test_bucketed_adapters_equal_generate(tiny_model_dir, tok, peft_config, every_row_its_bucket):  # noqa: F811
+    torch.manual_seed(0)
+    model = get_peft_model(_chaotic(tiny_model_dir), peft_config).eval()
+    hf, graph = both(model, tok, PROMPTS, max_new_tokens=16, batch_size=7)
+    assert graph.texts == hf.texts
