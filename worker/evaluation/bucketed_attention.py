@@ -2,18 +2,21 @@
 
 The graph loop (worker/evaluation/graph_decoding.py) left-pads a batch to its longest prompt, and SDPA
 attends every row's new token over every slot of the static cache, padding included: the mask zeroes
-the padding's weights but the kernel still reads and scores it. On an H200 (135M shape, 50 fault prompts
-of 241 tokens on average padded to 1,668, + 256 new) attention was 1.8 ms of a 3.1 ms step
-(bench/results/profile-decode-step-*.json), most of it over padding. Flash kernels skip padding when
-told each row's length (flash-attn's `cache_seqlens`), which SDPA does not take, and flash-attn is not a
-dependency; so the step's attention here (registered in transformers' AttentionInterface as
-`ATTENTION_NAME`) calls transformers' own SDPA function once per bucket: a run of consecutive rows
-(longest prompts first, so their padding grows down the batch), with keys, values and mask from the
-bucket's first used slot on. The slots a bucket skips are masked for all its rows, so the result is the
-same attention; the views are fixed for the batch, so the step is still one CUDA graph.
+the padding's weights but the kernel still reads and scores it. On an H200 (135M shape, 50 fault
+prompts of 241 tokens on average padded to 1,668, + 256 new) attention was 1.8 ms of a 3.1 ms step
+(bench/results/profile-decode-step-NVIDIA_H200-4afc948.txt), most of it over padding.
+
+Flash kernels skip padding when told each row's length (flash-attn's `cache_seqlens`), which SDPA does
+not take, and flash-attn is not a dependency. So the step's attention here (registered in
+transformers' AttentionInterface as `ATTENTION_NAME`) calls transformers' own SDPA function once per
+bucket: a run of consecutive rows (longest prompts first, so their padding grows down the batch), with
+keys, values and mask from the bucket's first used slot on. The slots a bucket skips are masked for
+all its rows, so the result is the same attention; the views are fixed for the batch, so the step is
+still one CUDA graph.
 
 `plan_buckets` chooses the cut: a bucket costs its rows x its slots, plus BUCKET_COST for the kernels
 one more bucket adds to every layer; the cheapest cut is found exactly over at most MAX_GROUPS runs.
+Its speed on a GPU is not measured yet (`bench/bench_fast_decoding.py --no-buckets-baseline` does).
 """
 
 from __future__ import annotations
