@@ -1,6 +1,7 @@
 """The decoding step's attention in buckets of rows (worker/evaluation/bucketed_attention.py): the plan
 is the cheapest cut (against every cut of a small batch), and decoding with the batch cut into buckets
-gives generate's greedy texts on the tiny real Llama (CPU, fp32) for padded batches, LoRA and p-tuning."""
+gives generate's greedy texts on the tiny real Llama (CPU, fp32) for padded batches, LoRA, p-tuning and
+stacked LoRA rows."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import torch
 from peft import LoraConfig, PromptEncoderConfig, get_peft_model
 
 from tests.worker.evaluation.test_generation import PROMPTS, _chaotic, chaotic, tok  # noqa: F401
+from tests.worker.evaluation.test_multi_lora import STACKABLE, adapter_dirs, load  # noqa: F401
 from worker.evaluation import bucketed_attention
 from worker.evaluation.bucketed_attention import plan_buckets
 from worker.evaluation.generation import GenerationConfig, generate
 from worker.evaluation.graph_decoding import GraphDecoder, TokenPicker
+from worker.evaluation.multi_lora import BASE, stacked_lora
 
 
 def cost(plan, slots, per_bucket):
@@ -80,4 +83,16 @@ def test_bucketed_adapters_equal_generate(tiny_model_dir, tok, peft_config, ever
     torch.manual_seed(0)
     model = get_peft_model(_chaotic(tiny_model_dir), peft_config).eval()
     hf, graph = both(model, tok, PROMPTS, max_new_tokens=16, batch_size=7)
+    assert graph.texts == hf.texts
+
+
+def test_bucketed_stacked_lora_rows_equal_generate(tiny_model_dir, adapter_dirs, tok, every_row_its_bucket):  # noqa: F811
+    names = list(STACKABLE)
+    peft = load(tiny_model_dir, adapter_dirs, names)
+    rows = [m for m in [*names, BASE] for _ in PROMPTS]
+    with stacked_lora(peft, names) as model:
+        cfg = {"max_new_tokens": 8, "batch_size": 7}
+        hf = generate(model, tok, PROMPTS * 4, GenerationConfig(engine="generate", **cfg), adapter_names=rows)
+        graph = generate(model, tok, PROMPTS * 4, GenerationConfig(engine="graph", **cfg), adapter_names=rows)
+    assert len(set(hf.texts)) > len(PROMPTS)  # the adapters differ
     assert graph.texts == hf.texts
