@@ -108,6 +108,12 @@ def timed(model: Any, tok: Any, prompts: list[str], cfg: GenerationConfig, **kw:
     return generate(model, tok, prompts, cfg, **kw)
 
 
+def identical(a: GenerationResult, b: GenerationResult) -> float:
+    """The share of prompts whose two texts are the same."""
+    same = [x == y for x, y in zip(a.texts, b.texts, strict=True)]
+    return round(sum(same) / max(len(same), 1), 3)
+
+
 def summary(r: GenerationResult) -> dict[str, Any]:
     return {**generation_summary(r), "engine": r.engine}
 
@@ -180,7 +186,6 @@ def bench_shape(
         print(f"{shape} {name}: {r.tokens_per_s:,.0f} tok/s, {r.seconds:.2f} s", flush=True)
     graph = runs["graph"]
     best = max((r for n, r in runs.items() if n.startswith("graph")), key=lambda r: r.tokens_per_s)
-    same = [a == b for a, b in zip(graph.texts, runs["generate_b64"].texts, strict=True)]
     out = {
         "shape": shape,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -190,21 +195,15 @@ def bench_shape(
             for name, r in runs.items()
             if not name.startswith("graph")
         },
-        "identical_to_generate_b64": round(sum(same) / max(len(same), 1), 3),
+        "identical_to_generate_b64": identical(graph, runs["generate_b64"]),
         "graph_many_rows": {"copies": args.many, **summary(many)} if args.many > 1 else None,
         "fused_kernels": fused,
         "compiled_layers": compiled,
     }
-    if "graph_compiled" in runs:
-        same_c = [
-            a == b for a, b in zip(runs["graph_compiled"].texts, runs["generate_b64"].texts, strict=True)
-        ]
-        out["compiled_identical_to_generate_b64"] = round(sum(same_c) / max(len(same_c), 1), 3)
-    if "graph_fused" in runs:
-        fused_same = [
-            a == b for a, b in zip(runs["graph_fused"].texts, runs["generate_b64"].texts, strict=True)
-        ]
-        out["fused_identical_to_generate_b64"] = round(sum(fused_same) / max(len(fused_same), 1), 3)
+    for name in (n for n in runs if n.startswith("graph_")):  # every other graph run: its share too
+        out[f"{name.removeprefix('graph_')}_identical_to_generate_b64"] = identical(
+            runs[name], runs["generate_b64"]
+        )
     if stacked is not None:
         out["stacked_lora"] = stacked
     del model
