@@ -293,7 +293,15 @@ class Bench:
                 "peak_train_memory_bytes": adapter.get("peak_memory_bytes"),
                 "trainable_params": adapter.get("trainable_params"),
                 "total_params": adapter.get("total_params"),
-                **{ev["split"]: ev["metrics"] for ev in evals if ev["dataset"].startswith(self.args.task)},
+                **{
+                    ev["split"]: {
+                        **ev["metrics"],
+                        "seconds": ev["seconds"],
+                        "engine": (ev["generation"] or {}).get("engine"),
+                    }
+                    for ev in evals
+                    if ev["dataset"].startswith(self.args.task)
+                },
             }
         wanted = self.args.variants or list(self.recipes["variants"])
         for name, entry in self.previous.items():

@@ -52,6 +52,8 @@ class Outcome:
     peak_memory_bytes: int | None
     artifact: StoredArtifact
     truncated: int
+    engine: str = "generate"
+    """What decoded (GenerationResult.engine: "graph", "generate", or "graph-eager: <why>")."""
 
 
 class Evaluator:
@@ -163,15 +165,15 @@ class Evaluator:
             artifact = self._save(target, texts, scored.per_sample, truncated)
             self.done += 1
             self.log.info(
-                "%s: %s=%s on %d rows, %.1fs (%s), %.1f tok/s",
+                "%s: %s=%s on %d rows, %.1fs (%s), %.1f tok/s, engine %s",
                 target.label, self.metric.headline, scored.summary.get(self.metric.headline), n, share,
-                "shared batches" if len(targets) > 1 else "alone", result.tokens_per_s,
+                "shared batches" if len(targets) > 1 else "alone", result.tokens_per_s, result.engine,
             )  # fmt: skip
             outcomes.append(
                 Outcome(
                     target=target, summary=scored.summary, predictions=texts, seconds=share,
                     tokens_per_s=result.tokens_per_s, new_tokens=result.new_tokens // len(targets),
-                    peak_memory_bytes=peak, artifact=artifact, truncated=sum(truncated),
+                    peak_memory_bytes=peak, artifact=artifact, truncated=sum(truncated), engine=result.engine,
                 )
             )  # fmt: skip
         return outcomes

@@ -61,7 +61,7 @@ def run_eval(ctx: JobContext) -> Finish:
                     adapter_id=o.target.adapter_id, base_model_id=spec.base_model_id,
                     dataset_id=spec.dataset_id, split=spec.split, template_id=o.target.template_id,
                     metric=spec.metric, metrics=metrics,
-                    generation={**settings, "truncated_prompts": o.truncated},
+                    generation={**settings, "truncated_prompts": o.truncated, "engine": o.engine},
                     sample_count=len(o.predictions), seconds=o.seconds, peak_memory_bytes=o.peak_memory_bytes,
                     predictions_uri=o.artifact.uri, predictions_sha256=o.artifact.sha256, job_id=ctx.job.id,
                     created_by=ctx.job.submitted_by,

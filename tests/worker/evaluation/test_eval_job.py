@@ -84,6 +84,7 @@ def test_one_job_loads_the_base_once_and_matches_each_model_alone(evaluable, set
         assert ev.generation["max_new_tokens"] == 8 and ev.generation["stop_on_repeated_line"] is True
         assert ev.generation["sample"] is False and ev.generation["limit"] == 4
         assert (ev.generation["device"], ev.generation["dtype"]) == ("cpu", "float32")
+        assert ev.generation["engine"] == "generate"  # "auto" leaves a CPU to transformers' generate
         assert ev.seconds > 0 and ev.peak_memory_bytes > 0 and ev.job_id == job.id
         assert store.verify(ev.predictions_uri) == [] and ev.predictions_uri.endswith(ev.predictions_sha256)
         rows = predictions(store, ev)
