@@ -5,7 +5,8 @@ kernel) on the same prompts as bench/bench_fast_decoding.py, twice under torch.p
 LONG new tokens. Both runs share the prefill, so (LONG - SHORT) / (LONG - SHORT steps) is one decoding
 step's kernels: their count, the GPU time of each kind, and the whole step's GPU time. It then times
 the captured loop the same way (the wall clock of LONG - SHORT steps) to set the step's GPU time beside
-what a replay costs. With `--fused`, Liger's kernels are applied first. JSON to --out.
+what a replay costs. Each shape runs four ways: with and without Liger's kernels, each with and without
+the buckets of rows (worker/evaluation/bucketed_attention.py). JSON to --out.
 
     python bench/profile_decode_step.py --tokenizer .carry/tok --shapes smollm2-135m,qwen2.5-1.5b --out $OUT
 """
@@ -61,7 +62,10 @@ def wall(model, ids, mask, new: int) -> float:
     return time.perf_counter() - t
 
 
-def profile_shape(shape: str, tok, prompts: list[str], fused: bool) -> dict:
+def profile_shape(shape: str, tok, prompts: list[str], fused: bool) -> list[dict]:
+    """The step with and without buckets of rows (worker/evaluation/bucketed_attention.py)."""
+    from worker.evaluation import bucketed_attention
+
     model = build(shape, "cuda")
     note = None
     if fused:
@@ -70,6 +74,18 @@ def profile_shape(shape: str, tok, prompts: list[str], fused: bool) -> dict:
         note = apply_fused_kernels(model, loss=False)
     enc = tok(prompts, return_tensors="pt", padding=True).to("cuda")
     ids, mask = enc["input_ids"], enc["attention_mask"]
+    results = []
+    cost = bucketed_attention.BUCKET_COST
+    for buckets in (False, True):
+        bucketed_attention.BUCKET_COST = cost if buckets else 1 << 62
+        results.append(profile_step(model, ids, mask, {"shape": shape, "fused": note, "buckets": buckets}))
+    bucketed_attention.BUCKET_COST = cost
+    del model
+    torch.cuda.empty_cache()
+    return results
+
+
+def profile_step(model, ids: torch.Tensor, mask: torch.Tensor, labels: dict) -> dict:
     kernels(model, ids, mask, SHORT)  # warm-up
     short, long = kernels(model, ids, mask, SHORT), kernels(model, ids, mask, LONG)
     steps = LONG - SHORT
@@ -89,9 +105,8 @@ def profile_shape(shape: str, tok, prompts: list[str], fused: bool) -> dict:
         * 1000
     )
     result = {
-        "shape": shape,
-        "fused": note,
-        "rows": len(prompts),
+        **labels,
+        "rows": ids.shape[0],
         "padded_prompt_len": ids.shape[1],
         "kernels_per_step": round(sum(v["count"] for v in per_step.values()), 1),
         "gpu_ms_per_step": round(sum(v["ms"] for v in per_step.values()), 3),
@@ -101,8 +116,6 @@ def profile_shape(shape: str, tok, prompts: list[str], fused: bool) -> dict:
     print(json.dumps({k: v for k, v in result.items() if k != "top_kernels"}), flush=True)
     for name, v in list(top.items())[:15]:
         print(f"  {v['ms']:.4f} ms  x{v['count']:<6} {name[:110]}", flush=True)
-    del model
-    torch.cuda.empty_cache()
     return result
 
 
@@ -120,7 +133,10 @@ def main() -> None:
     tok.pad_token = tok.pad_token or tok.eos_token
     prompts = load_prompts(args.data, "plain", tok, args.limit)
     results = [
-        profile_shape(s, tok, prompts, fused) for s in args.shapes.split(",") for fused in (False, True)
+        step
+        for s in args.shapes.split(",")
+        for fused in (False, True)
+        for step in profile_shape(s, tok, prompts, fused)
     ]
     report = {
         "device": torch.cuda.get_device_name(),
