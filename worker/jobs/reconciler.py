@@ -28,6 +28,8 @@ from worker.jobs.inflight import jobs_in_flight
 from worker.jobs.messages import purge_consumed, send_job
 
 logger = logging.getLogger(__name__)
+STOP_GRACE_S = 5.0
+"""How long a stopping worker waits for a reconcile pass in progress."""
 
 
 class Reconciler:
@@ -83,9 +85,12 @@ class Reconciler:
         self._thread.start()
 
     def stop(self) -> None:
+        """Ask the thread to end and give a pass in progress STOP_GRACE_S to finish. A pass blocked
+        longer (an SQLite lock waits up to 30 s) is left to die with the process: each of its steps is a
+        transaction or an idempotent send, and the next worker's pass does what it left undone."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=STOP_GRACE_S)
 
     def _run(self) -> None:
         while True:
