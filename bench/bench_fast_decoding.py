@@ -143,12 +143,11 @@ def bench_shape(
         runs["graph_no_cudnn"] = timed(model, tok, prompts, cfg)
         graph_decoding.ATTENTION = allowed
     if args.no_buckets_baseline:  # the step attending every row over every slot (one bucket)
-        from worker.evaluation import bucketed_attention
+        from worker.evaluation.bucketed_attention import bucket_cost
 
-        cost, bucketed_attention.BUCKET_COST = bucketed_attention.BUCKET_COST, 1 << 62
-        cfg = GenerationConfig(engine="graph", batch_size=64, **common)
-        runs["graph_no_buckets"] = timed(model, tok, prompts, cfg)
-        bucketed_attention.BUCKET_COST = cost
+        with bucket_cost(1 << 62):
+            cfg = GenerationConfig(engine="graph", batch_size=64, **common)
+            runs["graph_no_buckets"] = timed(model, tok, prompts, cfg)
     runs["graph"] = timed(model, tok, prompts, GenerationConfig(engine="graph", batch_size=64, **common))
     if args.many > 1:  # the same prompts k times over: what batching as many rows as fit buys
         many = timed(

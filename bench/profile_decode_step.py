@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -64,7 +65,7 @@ def wall(model, ids, mask, new: int) -> float:
 
 def profile_shape(shape: str, tok, prompts: list[str], fused: bool) -> list[dict]:
     """The step with and without buckets of rows (worker/evaluation/bucketed_attention.py)."""
-    from worker.evaluation import bucketed_attention
+    from worker.evaluation.bucketed_attention import bucket_cost
 
     model = build(shape, "cuda")
     note = None
@@ -75,11 +76,11 @@ def profile_shape(shape: str, tok, prompts: list[str], fused: bool) -> list[dict
     enc = tok(prompts, return_tensors="pt", padding=True).to("cuda")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     results = []
-    cost = bucketed_attention.BUCKET_COST
     for buckets in (False, True):
-        bucketed_attention.BUCKET_COST = cost if buckets else 1 << 62
-        results.append(profile_step(model, ids, mask, {"shape": shape, "fused": note, "buckets": buckets}))
-    bucketed_attention.BUCKET_COST = cost
+        with nullcontext() if buckets else bucket_cost(1 << 62):
+            results.append(
+                profile_step(model, ids, mask, {"shape": shape, "fused": note, "buckets": buckets})
+            )
     del model
     torch.cuda.empty_cache()
     return results

@@ -93,16 +93,28 @@ AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # masks made as for 
 
 
 @contextmanager
-def buckets(config: Any, plan: Plan | None) -> Iterator[None]:
+def buckets(config: Any, plan: Plan | None) -> Iterator[int]:
     """Within it, a model of `config` (attention "sdpa") attends a one-token step in `plan`'s buckets;
-    with no plan, or one bucket, nothing changes."""
+    with no plan, one bucket or another attention, nothing changes. Yields the buckets in use."""
     if plan is None or len(plan) < 2 or config._attn_implementation != "sdpa":
-        yield
+        yield 1
         return
     token = _PLAN.set(plan)
     config._attn_implementation = ATTENTION_NAME
     try:
-        yield
+        yield len(plan)
     finally:
         config._attn_implementation = "sdpa"
         _PLAN.reset(token)
+
+
+@contextmanager
+def bucket_cost(cost: int) -> Iterator[None]:
+    """Within it, plans weigh one more bucket at `cost` row-slots (a bench's ablation: a huge cost
+    gives one bucket a batch, as before the buckets)."""
+    global BUCKET_COST
+    before, BUCKET_COST = BUCKET_COST, cost
+    try:
+        yield
+    finally:
+        BUCKET_COST = before

@@ -196,8 +196,7 @@ class GraphDecoder:
             mask=step_mask,
         )
         plan = plan_buckets(attend.int().argmax(-1).tolist(), attend.shape[1])
-        self.buckets = len(plan) if self.config._attn_implementation == "sdpa" else 1
-        with buckets(self.config, plan):  # the step attends each run of rows over the slots it uses
+        with buckets(self.config, plan) as self.buckets:  # each run of rows over the slots it uses
             return self._decode(logits, state, cache, rows, repeated, on_look)
 
     def _decode(

@@ -23,9 +23,8 @@ COMPILED = "_ft_compiled_layers"
 """The attribute a compiled model carries (compiling twice would wrap the wrappers)."""
 
 
-def decoder_layers(model: Any) -> torch.nn.ModuleList | None:
-    """The model's list of decoder layers (the largest ModuleList of identical blocks), or None."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+def decoder_layers(base: Any) -> torch.nn.ModuleList | None:
+    """A transformers model's list of decoder layers (its largest ModuleList of identical blocks)."""
     best = None
     for _, module in base.named_modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) > 1:
@@ -40,7 +39,7 @@ def compile_layers(model: Any) -> str:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base, COMPILED, False):
         return "decoder layers already compiled"
-    layers = decoder_layers(model)
+    layers = decoder_layers(base)
     if layers is None:
         return "no decoder layers found to compile"
     for layer in layers:
