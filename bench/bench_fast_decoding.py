@@ -115,7 +115,7 @@ def identical(a: GenerationResult, b: GenerationResult) -> float:
 
 
 def summary(r: GenerationResult) -> dict[str, Any]:
-    return {**generation_summary(r), "engine": r.engine}
+    return {**generation_summary(r), "engine": r.engine, "phases": r.phases}
 
 
 def bench_shape(
@@ -182,7 +182,7 @@ def bench_shape(
             compiled["many_rows"] = {"copies": args.many, **summary(many_c)}
             print(f"{shape} compiled x{args.many} rows: {many_c.tokens_per_s:,.0f} tok/s", flush=True)
     for name, r in runs.items():
-        print(f"{shape} {name}: {r.tokens_per_s:,.0f} tok/s, {r.seconds:.2f} s", flush=True)
+        print(f"{shape} {name}: {r.tokens_per_s:,.0f} tok/s, {r.seconds:.2f} s {r.phases or ''}", flush=True)
     graph = runs["graph"]
     best = max((r for n, r in runs.items() if n.startswith("graph")), key=lambda r: r.tokens_per_s)
     out = {

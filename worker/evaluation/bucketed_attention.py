@@ -35,6 +35,10 @@ ATTENTION_NAME = "ft_bucketed_sdpa"
 BUCKET_COST = 16384
 """Row-slots one more bucket must save to be worth it: its SDPA call, slicing and concatenation are ~4
 more kernels a layer, ~12 us on an H200, about what attending 16k row-slots costs there."""
+ALIGN = 16
+"""Slots a bucket's first slot and the cache's length are multiples of: cuDNN's attention reads its
+mask, keys and values with 16-byte loads, and a view of a bf16 mask from an odd slot or row faulted on
+an H200 ("CUDA error: misaligned address", 135M shape, 2026-12-03)."""
 MAX_GROUPS = 64
 """Rows are cut at most at this many places (the plan is exact over runs of rows this coarse)."""
 
@@ -44,9 +48,16 @@ Plan = list[tuple[int, int, int]]
 _PLAN: ContextVar[Plan | None] = ContextVar("ft_attention_buckets", default=None)
 
 
+def align(slots: int) -> int:
+    """`slots` rounded up to a multiple of ALIGN."""
+    return -(-slots // ALIGN) * ALIGN
+
+
 def plan_buckets(starts: list[int], slots: int, cost: int | None = None) -> Plan:
-    """Buckets for rows whose first used slot is `starts[r]` in a cache of `slots` slots."""
+    """Buckets for rows whose first used slot is `starts[r]` in a cache of `slots` slots; a bucket
+    starts at a multiple of ALIGN slots (the slots before a row's first are masked for it anyway)."""
     cost = BUCKET_COST if cost is None else cost
+    starts = [s - s % ALIGN for s in starts]
     rows = len(starts)
     size = max(1, -(-rows // MAX_GROUPS))
     cuts = list(range(0, rows, size)) + [rows]  # candidate bucket edges

@@ -113,6 +113,8 @@ class GenerationResult:
     engine: str = "generate"
     """What decoded: "generate", "graph" (CUDA graphs on a GPU, the eager step on a CPU), or "graph-eager:
     <why>" when a capture failed and the loop ran its step eagerly."""
+    phases: dict[str, float] | None = None
+    """The graph loop's seconds in prefill, first step and the other steps (GraphDecoder.phases)."""
 
 
 def generate(
@@ -426,6 +428,7 @@ class _Session:
             tokens_per_s=self.new_tokens / max(seconds, 1e-9),
             peak_memory_bytes=self.peak,
             engine=self._engine(),
+            phases={k: round(v, 3) for k, v in self.decoder.phases.items()} if self.decoder else None,
         )
 
     def _engine(self) -> str:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,7 +51,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import StaticCache
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from worker.evaluation.bucketed_attention import buckets, plan_buckets
+from worker.evaluation.bucketed_attention import align, buckets, plan_buckets
 from worker.evaluation.stopping import RepeatedLineCriteria
 from worker.models.attention import WITHOUT_CUDNN
 
@@ -150,6 +151,9 @@ class GraphDecoder:
         """Batches decoded with a captured CUDA graph (what a bench reports)."""
         self.buckets = 1
         """Buckets of rows the last batch's step attended in (worker/evaluation/bucketed_attention.py)."""
+        self.phases: dict[str, float] = {}
+        """Seconds over the batches in "prefill", "first_step" (eager warm-up and capture) and "steps"
+        (the rest of decoding): where a bench's time went."""
         self.graph_error: str | None = None
         """Why a capture failed (that batch then decoded eagerly), if one did."""
 
@@ -177,14 +181,17 @@ class GraphDecoder:
         inputs, mask, prefix = self._prompt_inputs(input_ids, mask, dtype)
         lead = prefix.get_seq_length() if prefix is not None else 0  # the prefix's slots come first
         prompt_len = mask.shape[1]
-        cache = StaticCache(config=self.config, max_cache_len=lead + prompt_len + self.max_new)
+        slots = align(lead + prompt_len + self.max_new)  # aligned rows: a bucket's views stay aligned
+        cache = StaticCache(config=self.config, max_cache_len=slots)
         for layer, cached in enumerate(prefix.layers if prefix is not None else ()):
             cache.update(cached.keys.to(dtype), cached.values.to(dtype), layer)
-        attend = torch.zeros((rows, lead + prompt_len + self.max_new), dtype=torch.bool, device=device)
+        attend = torch.zeros((rows, slots), dtype=torch.bool, device=device)
         attend[:, :lead] = True
         attend[:, lead : lead + prompt_len] = mask.bool()
         positions = (attend[:, : lead + prompt_len].long().cumsum(-1) - 1).clamp(min=0)[:, lead:]
+        started = time.perf_counter()
         logits = self._prefill(inputs, attend, positions, cache, dtype, lead)
+        self._clock("prefill", started, device)
 
         neg = torch.finfo(dtype).min
         step_mask = torch.zeros((rows, 1, 1, attend.shape[1]), dtype=dtype, device=device)
@@ -214,7 +221,7 @@ class GraphDecoder:
         out = torch.full((rows, self.max_new), self.pad_id, dtype=torch.long, device=device)
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         cut = [self.max_new] * rows
-        looked = 0
+        looked, started = 0, time.perf_counter()
         for t in range(self.max_new):
             token = torch.where(done, self.pad_id, self.pick(logits))
             out[:, t] = token
@@ -231,10 +238,21 @@ class GraphDecoder:
                     break
             state.ids.copy_(token[:, None])
             logits = step()
+            if t == 0:
+                started = self._clock("first_step", started, device)
         generated = out.tolist()
+        self._clock("steps", started, device)
         for r, n in enumerate(cut):
             generated[r][n:] = [self.pad_id] * (self.max_new - n)
         return generated
+
+    def _clock(self, phase: str, since: float, device: torch.device) -> float:
+        """Add the seconds from `since` to `phase` (after the GPU's queue drains); returns now."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - since
+        return now
 
     def _prompt_inputs(
         self, input_ids: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype

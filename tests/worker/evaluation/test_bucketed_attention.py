@@ -14,7 +14,7 @@ from peft import LoraConfig, PromptEncoderConfig, get_peft_model
 from tests.worker.evaluation.test_generation import PROMPTS, _chaotic, chaotic, tok  # noqa: F401
 from tests.worker.evaluation.test_multi_lora import STACKABLE, adapter_dirs, load  # noqa: F401
 from worker.evaluation import bucketed_attention
-from worker.evaluation.bucketed_attention import plan_buckets
+from worker.evaluation.bucketed_attention import ALIGN, align, plan_buckets
 from worker.evaluation.generation import GenerationConfig, generate
 from worker.evaluation.graph_decoding import GraphDecoder, TokenPicker
 from worker.evaluation.multi_lora import BASE, stacked_lora
@@ -31,10 +31,12 @@ def test_the_plan_is_the_cheapest_cut(starts, per_bucket):
     plan = plan_buckets(starts, slots, cost=per_bucket)
     assert [a for a, _, _ in plan][0] == 0 and plan[-1][1] == len(starts)
     assert all(b == a2 for (_, b, _), (a2, _, _) in itertools.pairwise(plan))  # in order, no gaps
-    assert all(s == min(starts[a:b]) for a, b, s in plan)  # no row loses a slot it uses
+    # no row loses a slot it uses, and a bucket's views start aligned (cuDNN faults on a misaligned one)
+    assert all(s == min(starts[a:b]) // ALIGN * ALIGN for a, b, s in plan)
+    aligned = [s // ALIGN * ALIGN for s in starts]
     cheapest = min(
         cost(
-            [(a, b, min(starts[a:b])) for a, b in itertools.pairwise([0, *cut, len(starts)])],
+            [(a, b, min(aligned[a:b])) for a, b in itertools.pairwise([0, *cut, len(starts)])],
             slots,
             per_bucket,
         )
@@ -45,8 +47,12 @@ def test_the_plan_is_the_cheapest_cut(starts, per_bucket):
 
 
 def test_a_long_prompt_among_short_ones_gets_its_own_bucket():
-    assert plan_buckets([0] + [1400] * 49, 1924) == [(0, 1, 0), (1, 50, 1400)]
-    assert plan_buckets([7] * 50, 1924) == [(0, 50, 7)]  # nothing to save: one bucket
+    assert plan_buckets([0] + [1400] * 49, 1924) == [(0, 1, 0), (1, 50, 1392)]  # 1392 = 87 x 16
+    assert plan_buckets([7] * 50, 1924) == [(0, 50, 0)]  # nothing to save: one bucket
+
+
+def test_cache_lengths_are_aligned():
+    assert [align(n) for n in (1, 16, 17, 1924, 1925)] == [16, 16, 32, 1936, 1936]
 
 
 @pytest.fixture
