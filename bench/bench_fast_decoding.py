@@ -4,7 +4,10 @@ static cache, each step one CUDA graph replay; on a GPU it batches as many rows 
 worker/evaluation/batches.py), with and without Liger's RMSNorm/RoPE/SwiGLU kernels, plus stacked
 LoRA adapters through the graph loop. Ablations of the loop, each on request: without cuDNN attention
 (--no-cudnn-baseline), without the buckets of rows (--no-buckets-baseline,
-worker/evaluation/bucketed_attention.py), with the decoder layers compiled (--compile).
+worker/evaluation/bucketed_attention.py), each step's buckets through SDPA instead of two matmuls
+(--sdpa-step-baseline), the prefill in one padded forward instead of groups of rows
+(--one-prefill-baseline, worker/evaluation/grouped_prefill.py), with the decoder layers compiled
+(--compile).
 
 Models are randomly initialised from the published configs (bench/train_throughput.py SHAPES, bf16);
 speed does not depend on the weights. Every row decodes `--max-new-tokens` (EOS ignored), so both
@@ -82,6 +85,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run the loop attending every row over every cache slot (no buckets of rows)",
     )
     p.add_argument(
+        "--sdpa-step-baseline",
+        action="store_true",
+        help="also run the loop with each step's buckets attended through SDPA (cuDNN), not two matmuls",
+    )
+    p.add_argument(
+        "--one-prefill-baseline",
+        action="store_true",
+        help="also run the loop prefilling the padded batch in one forward (no groups of rows)",
+    )
+    p.add_argument(
         "--compile", action="store_true", help="also run with the decoder layers compiled (GPU only)"
     )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -148,6 +161,19 @@ def bench_shape(
         with bucket_cost(1 << 62):
             cfg = GenerationConfig(engine="graph", batch_size=64, **common)
             runs["graph_no_buckets"] = timed(model, tok, prompts, cfg)
+    if args.sdpa_step_baseline:  # each bucket through transformers' SDPA, as before the two matmuls
+        from worker.evaluation.bucketed_attention import sdpa_steps
+
+        with sdpa_steps():
+            cfg = GenerationConfig(engine="graph", batch_size=64, **common)
+            runs["graph_sdpa_step"] = timed(model, tok, prompts, cfg)
+    if args.one_prefill_baseline:  # the padded batch's prefill in one forward
+        from worker.evaluation import grouped_prefill
+
+        cost, grouped_prefill.PREFILL_COST = grouped_prefill.PREFILL_COST, 1 << 62
+        cfg = GenerationConfig(engine="graph", batch_size=64, **common)
+        runs["graph_one_prefill"] = timed(model, tok, prompts, cfg)
+        grouped_prefill.PREFILL_COST = cost
     runs["graph"] = timed(model, tok, prompts, GenerationConfig(engine="graph", batch_size=64, **common))
     if args.many > 1:  # the same prompts k times over: what batching as many rows as fit buys
         many = timed(

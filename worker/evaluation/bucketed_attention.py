@@ -1,22 +1,25 @@
-"""The decoding step's attention in buckets of rows, each over the cache slots its rows use.
+"""The decoding step's attention: two matmuls, in buckets of rows, each over the cache slots its rows use.
 
-The graph loop (worker/evaluation/graph_decoding.py) left-pads a batch to its longest prompt, and SDPA
-attends every row's new token over every slot of the static cache, padding included: the mask zeroes
-the padding's weights but the kernel still reads and scores it. On an H200 (135M shape, 50 fault
-prompts of 241 tokens on average padded to 1,668, + 256 new) attention was 1.8 ms of a 3.1 ms step
-(bench/results/profile-decode-step-NVIDIA_H200-4afc948.txt), most of it over padding.
+The graph loop (worker/evaluation/graph_decoding.py) left-pads a batch to its longest prompt and attends
+one new token a row over a static cache. Through SDPA, cuDNN runs its prefill kernel for that one query
+(64-query tiles, one thread block per row and head walking every slot in turn): on an H200 it was 2.66
+of a 3.94 ms step of the 135M shape, 50 rows over 2,281 slots, and cutting the rows into buckets did not
+help, since one block still walks the longest row's slots alone
+(bench/results/profile-decode-step-NVIDIA_H200-a886d79.json).
 
-Flash kernels skip padding when told each row's length (flash-attn's `cache_seqlens`), which SDPA does
-not take, and flash-attn is not a dependency. So the step's attention here (registered in
-transformers' AttentionInterface as `ATTENTION_NAME`) calls transformers' own SDPA function once per
-bucket: a run of consecutive rows (longest prompts first, so their padding grows down the batch), with
-keys, values and mask from the bucket's first used slot on. The slots a bucket skips are masked for
-all its rows, so the result is the same attention; the views are fixed for the batch, so the step is
-still one CUDA graph.
+So a one-token step attends here (registered in transformers' AttentionInterface as `ATTENTION_NAME`)
+with the query heads of each key/value head as one small matrix: scores = q @ K^T by one batched matmul,
+the mask added and softmax taken in fp32 (as transformers' eager attention does), then @ V. Both matmuls
+read the cache at memory speed, so the cost follows the slots read, and buckets pay: a run of
+consecutive rows (longest prompts first, so their padding grows down the batch) reads keys, values and
+mask from the bucket's first used slot on. The slots a bucket skips are masked for all its rows, so the
+result is the same attention; the views are fixed for the batch, so the step is still one CUDA graph.
+Flash-decoding kernels (flash-attn's `flash_attn_with_kvcache`, FlexAttention's decoding path) do the
+same in one kernel, but flash-attn is not a dependency and FlexAttention compiles per batch shape.
 
 `plan_buckets` chooses the cut: a bucket costs its rows x its slots, plus BUCKET_COST for the kernels
 one more bucket adds to every layer; the cheapest cut is found exactly over at most MAX_GROUPS runs.
-Its speed on a GPU is not measured yet (`bench/bench_fast_decoding.py --no-buckets-baseline` does).
+`bench/bench_fast_decoding.py --no-buckets-baseline --sdpa-step-baseline` measures both choices.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION_NAME = "ft_bucketed_sdpa"
-BUCKET_COST = 16384
-"""Row-slots one more bucket must save to be worth it: its SDPA call, slicing and concatenation are ~4
-more kernels a layer, ~12 us on an H200, about what attending 16k row-slots costs there."""
+BUCKET_COST = 65536
+"""Row-slots one more bucket must save to be worth it: its ~7 more kernels a layer take ~20 us of an
+H200, about what reading 64k row-slots of keys and values (768 bytes each for the 135M shape) takes."""
 ALIGN = 16
 """Slots a bucket's first slot and the cache's length are multiples of: cuDNN's attention reads its
 mask, keys and values with 16-byte loads, and a view of a bf16 mask from an odd slot or row faulted on
@@ -44,6 +47,9 @@ MAX_GROUPS = 64
 
 Plan = list[tuple[int, int, int]]
 """(first row, end row, first slot) of each bucket, covering the batch's rows in order."""
+
+_SDPA_STEPS = False
+"""The benches' ablation (`sdpa_steps`): each bucket through transformers' SDPA, as before 2026-12-04."""
 
 _PLAN: ContextVar[Plan | None] = ContextVar("ft_attention_buckets", default=None)
 
@@ -78,36 +84,52 @@ def plan_buckets(starts: list[int], slots: int, cost: int | None = None) -> Plan
     return plan[::-1]
 
 
-def bucketed_sdpa(
+def bucketed_attention(
     module: Any,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: Any,
+    scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """transformers' SDPA attention, once per bucket of the current plan for a one-token step."""
+    """A one-token step's attention, bucket by bucket of the current plan: the query heads of a key/value
+    head as one matrix, scores by one batched matmul over the bucket's slots, softmax in fp32 (as
+    transformers' eager attention), one more matmul. Anything else goes to transformers' SDPA."""
     plan = _PLAN.get()
-    if plan is None or query.shape[2] != 1 or attention_mask is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    outs = [
-        sdpa_attention_forward(
-            module, query[a:b], key[a:b, :, s:], value[a:b, :, s:], attention_mask[a:b, :, :, s:], **kwargs
-        )[0]
-        for a, b, s in plan
-    ]
-    return torch.cat(outs, 0), None
+    unusual = kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None or kwargs.get("dropout")
+    if plan is None or query.shape[2] != 1 or attention_mask is None or unusual:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    if _SDPA_STEPS:  # the ablation: transformers' SDPA over each bucket
+        outs = [
+            sdpa_attention_forward(
+                module, query[a:b], key[a:b, :, s:], value[a:b, :, s:], attention_mask[a:b, :, :, s:],
+                scaling=scaling, **kwargs,
+            )[0]
+            for a, b, s in plan
+        ]  # fmt: skip
+        return torch.cat(outs, 0) if len(outs) > 1 else outs[0], None
+    rows, heads, _, dim = query.shape
+    grouped = query.reshape(rows, key.shape[1], heads // key.shape[1], dim)  # (rows, kv heads, group, dim)
+    scale = dim**-0.5 if scaling is None else scaling
+    outs = []
+    for a, b, s in plan:
+        scores = torch.matmul(grouped[a:b], key[a:b, :, s:].transpose(-1, -2)).float()
+        weights = torch.add(attention_mask[a:b, :, :, s:], scores, alpha=scale).softmax(-1)
+        outs.append(torch.matmul(weights.to(value.dtype), value[a:b, :, s:]))
+    out = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
+    return out.reshape(rows, 1, heads, dim), None
 
 
-AttentionInterface.register(ATTENTION_NAME, bucketed_sdpa)
+AttentionInterface.register(ATTENTION_NAME, bucketed_attention)
 AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # masks made as for SDPA (the loop's are 4-D)
 
 
 @contextmanager
 def buckets(config: Any, plan: Plan | None) -> Iterator[int]:
     """Within it, a model of `config` (attention "sdpa") attends a one-token step in `plan`'s buckets;
-    with no plan, one bucket or another attention, nothing changes. Yields the buckets in use."""
-    if plan is None or len(plan) < 2 or config._attn_implementation != "sdpa":
+    with no plan or another attention, nothing changes. Yields the buckets in use."""
+    if plan is None or config._attn_implementation != "sdpa":
         yield 1
         return
     token = _PLAN.set(plan)
@@ -129,3 +151,15 @@ def bucket_cost(cost: int) -> Iterator[None]:
         yield
     finally:
         BUCKET_COST = before
+
+
+@contextmanager
+def sdpa_steps() -> Iterator[None]:
+    """Within it, each bucket attends through transformers' SDPA (cuDNN or flash on a GPU) instead of
+    the two matmuls (a bench's ablation)."""
+    global _SDPA_STEPS
+    before, _SDPA_STEPS = _SDPA_STEPS, True
+    try:
+        yield
+    finally:
+        _SDPA_STEPS = before

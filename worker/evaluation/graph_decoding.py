@@ -52,6 +52,7 @@ from transformers import StaticCache
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from worker.evaluation.bucketed_attention import align, buckets, plan_buckets
+from worker.evaluation.grouped_prefill import grouped_prefill
 from worker.evaluation.stopping import RepeatedLineCriteria
 from worker.models.attention import WITHOUT_CUDNN
 
@@ -190,7 +191,12 @@ class GraphDecoder:
         attend[:, lead : lead + prompt_len] = mask.bool()
         positions = (attend[:, : lead + prompt_len].long().cumsum(-1) - 1).clamp(min=0)[:, lead:]
         started = time.perf_counter()
-        logits = self._prefill(inputs, attend, positions, cache, dtype, lead)
+        logits = None
+        if prefix is None and "input_ids" in inputs:  # rows in groups, each over its own slots
+            ids = inputs["input_ids"]
+            logits = grouped_prefill(self.model, ids, attend, positions, cache, self.cache_kwarg, dtype)
+        if logits is None:
+            logits = self._prefill(inputs, attend, positions, cache, dtype, lead)
         self._clock("prefill", started, device)
 
         neg = torch.finfo(dtype).min

@@ -81,6 +81,17 @@ class AdapterRows:
         finally:
             self.masks = None
 
+    @contextmanager
+    def only(self, start: int, end: int) -> Iterator[None]:
+        """Within `select`, a forward of the selected batch's rows start..end alone (a prefill in groups
+        of rows, worker/evaluation/grouped_prefill.py)."""
+        whole = self.masks
+        self.masks = None if whole is None else [m if m is None else m[start:end] for m in whole]
+        try:
+            yield
+        finally:
+            self.masks = whole
+
 
 def _mask(blocks: Layout, rows: list[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
     if len(blocks) == 1 and all(row == blocks[0][0] for row in rows):

@@ -1,7 +1,8 @@
-"""The decoding step's attention in buckets of rows (worker/evaluation/bucketed_attention.py): the plan
-is the cheapest cut (against every cut of a small batch), and decoding with the batch cut into buckets
-gives generate's greedy texts on the tiny real Llama (CPU, fp32) for padded batches, LoRA, p-tuning and
-stacked LoRA rows."""
+"""The decoding step's attention in buckets of rows (worker/evaluation/bucketed_attention.py) and the
+prefill in groups of rows (worker/evaluation/grouped_prefill.py): the plan is the cheapest cut (against
+every cut of a small batch), the step's two-matmul attention equals SDPA's, and decoding with the batch
+cut into buckets and groups gives generate's greedy texts on the tiny real Llama (CPU, fp32) for padded
+batches, LoRA, p-tuning and stacked LoRA rows."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import itertools
 import pytest
 import torch
 from peft import LoraConfig, PromptEncoderConfig, get_peft_model
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from tests.worker.evaluation.test_generation import PROMPTS, _chaotic, chaotic, tok  # noqa: F401
 from tests.worker.evaluation.test_multi_lora import STACKABLE, adapter_dirs, load  # noqa: F401
-from worker.evaluation import bucketed_attention
-from worker.evaluation.bucketed_attention import ALIGN, align, plan_buckets
+from worker.evaluation import bucketed_attention, graph_decoding, grouped_prefill
+from worker.evaluation.bucketed_attention import _PLAN, ALIGN, align, plan_buckets
+from worker.evaluation.bucketed_attention import bucketed_attention as step_attention
 from worker.evaluation.generation import GenerationConfig, generate
 from worker.evaluation.graph_decoding import GraphDecoder, TokenPicker
 from worker.evaluation.multi_lora import BASE, stacked_lora
@@ -55,9 +58,43 @@ def test_cache_lengths_are_aligned():
     assert [align(n) for n in (1, 16, 17, 1924, 1925)] == [16, 16, 32, 1936, 1936]
 
 
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_the_step_attention_equals_sdpa(kv_heads):
+    torch.manual_seed(0)
+    rows, heads, slots, dim = 5, 4, 40, 8
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = heads // kv_heads, True
+    query = torch.randn(rows, heads, 1, dim, dtype=torch.float64)
+    key, value = (torch.randn(rows, kv_heads, slots, dim, dtype=torch.float64) for _ in range(2))
+    starts = [0, 3, 17, 17, 33]  # each row's first used slot (left padding)
+    mask = torch.zeros(rows, 1, 1, slots, dtype=torch.float64)
+    for r, s in enumerate(starts):
+        mask[r, ..., :s] = torch.finfo(torch.float64).min
+    want, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    for plan in ([(0, 5, 0)], [(0, 1, 0), (1, 2, 0), (2, 4, 16), (4, 5, 32)]):
+        token = _PLAN.set(plan)
+        try:
+            got, _ = step_attention(module, query, key, value, mask, scaling=0.3)
+        finally:
+            _PLAN.reset(token)
+        assert got.shape == want.shape == (rows, 1, heads, dim)
+        torch.testing.assert_close(got, want)
+
+
 @pytest.fixture
 def every_row_its_bucket(monkeypatch):
+    """Every row its own bucket in each step and its own group in the prefill; counts grouped prefills."""
     monkeypatch.setattr(bucketed_attention, "BUCKET_COST", 0)
+    monkeypatch.setattr(grouped_prefill, "PREFILL_COST", 0)
+    grouped = []
+
+    def counting(*args, **kwargs):
+        logits = grouped_prefill.grouped_prefill(*args, **kwargs)
+        grouped.append(logits is not None)
+        return logits
+
+    monkeypatch.setattr(graph_decoding, "grouped_prefill", counting)
+    return grouped
 
 
 def both(model, tokenizer, prompts, **cfg):
@@ -77,6 +114,7 @@ def test_bucketed_steps_equal_generate(chaotic, tok, every_row_its_bucket):  # n
     hf, graph = both(chaotic, tok, PROMPTS, max_new_tokens=24, batch_size=7)
     assert len(set(hf.texts)) == len(PROMPTS)
     assert graph.texts == hf.texts
+    assert all(every_row_its_bucket)  # every batch prefilled in groups
 
 
 @pytest.mark.parametrize(
@@ -90,6 +128,11 @@ def test_bucketed_adapters_equal_generate(tiny_model_dir, tok, peft_config, ever
     model = get_peft_model(_chaotic(tiny_model_dir), peft_config).eval()
     hf, graph = both(model, tok, PROMPTS, max_new_tokens=16, batch_size=7)
     assert graph.texts == hf.texts
+    # LoRA prefills in groups; p-tuning's virtual tokens come before the padding: one group
+    if peft_config.peft_type == "LORA":
+        assert every_row_its_bucket and all(every_row_its_bucket)
+    else:
+        assert not every_row_its_bucket
 
 
 def test_bucketed_stacked_lora_rows_equal_generate(tiny_model_dir, adapter_dirs, tok, every_row_its_bucket):  # noqa: F811
@@ -102,3 +145,4 @@ def test_bucketed_stacked_lora_rows_equal_generate(tiny_model_dir, adapter_dirs,
         graph = generate(model, tok, PROMPTS * 4, GenerationConfig(engine="graph", **cfg), adapter_names=rows)
     assert len(set(hf.texts)) > len(PROMPTS)  # the adapters differ
     assert graph.texts == hf.texts
+    assert all(every_row_its_bucket)

@@ -1,0 +1,83 @@
+"""The prompts' prefill in groups of rows, each over the slots its rows use.
+
+The graph loop (worker/evaluation/graph_decoding.py) left-pads a batch to its longest prompt, and one
+forward over the padded batch runs every padding token through every layer. On an H200, 50 fault
+prompts of 241 tokens on average padded to 1,668 spent 0.73 s of 2.28 s in that prefill (1.5B shape,
+bench/results/fast-decoding-NVIDIA_H200-a886d79.json), most of it on padding.
+
+Here the rows (longest first, as the loop sorts them) are cut as the decoding step's buckets are
+(`plan_buckets`, with PREFILL_COST for one more forward); each group runs one forward over its own slots
+into a fresh `DynamicCache`, whose keys and values are then copied into the batch's `StaticCache` at the
+same slots. The slots before a group's first are left zero; they are masked for its rows in every step.
+A prompt-learning adapter's virtual tokens or prefix sit before the padding, so such a batch is one
+group (`grouped_prefill` returns None and the loop prefills as before).
+
+Written here: transformers prefills a static cache in one padded forward (or chunks one sequence's
+prompt); it has no per-row-group prefill into a shared static cache.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from transformers import DynamicCache, StaticCache
+
+from worker.evaluation.bucketed_attention import plan_buckets
+from worker.evaluation.multi_lora import adapter_rows
+
+PREFILL_COST = 16384
+"""Row-slots one more group must save: a group is one more eager forward (~600 launches, a few ms of
+host time for a 30-layer model), about what 16k tokens of a 135M model's prefill cost on an H200."""
+
+
+def grouped_prefill(
+    model: Any,
+    input_ids: torch.Tensor,
+    attend: torch.Tensor,
+    positions: torch.Tensor,
+    cache: StaticCache,
+    cache_kwarg: str,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """The last prompt token's logits of each row, with `cache` filled as one padded forward would
+    fill it; None (nothing done) when one group is the cheapest plan."""
+    rows, prompt_len = input_ids.shape
+    plan = plan_buckets(attend[:, :prompt_len].int().argmax(-1).tolist(), prompt_len, cost=PREFILL_COST)
+    if len(plan) < 2:
+        return None
+    try:
+        stacked = adapter_rows(model)
+    except ValueError:
+        stacked = None
+    logits = []
+    for a, b, s in plan:
+        length = prompt_len - s
+        causal = torch.ones((length, length), dtype=torch.bool, device=attend.device).tril()
+        allowed = attend[a:b, None, None, s:prompt_len] & causal[None, None]
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=attend.device)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        group = DynamicCache()
+        with stacked.only(a, b) if stacked is not None else nullcontext():
+            out = model(
+                input_ids=input_ids[a:b, s:],
+                attention_mask=mask,
+                position_ids=positions[a:b, s:],
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_kwarg: group},
+            )
+        logits.append(out.logits[:, -1])
+        for layer, part in zip(cache.layers, group.layers, strict=True):
+            if not layer.is_initialized:  # the whole batch's tensors, shaped as the group's
+                layer.lazy_initialization(_empty(part.keys, rows), _empty(part.values, rows))
+            layer.keys[a:b, :, s:prompt_len].copy_(part.keys)
+            layer.values[a:b, :, s:prompt_len].copy_(part.values)
+    for layer in cache.layers:
+        layer.cumulative_length.fill_(prompt_len)  # where the first decoding step writes
+    return torch.cat(logits, 0)
+
+
+def _empty(like: torch.Tensor, rows: int) -> torch.Tensor:
+    return like.new_zeros((rows, like.shape[1], 0, like.shape[3]))
