@@ -35,9 +35,10 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION_NAME = "ft_bucketed_sdpa"
-BUCKET_COST = 65536
-"""Row-slots one more bucket must save to be worth it: its ~7 more kernels a layer take ~20 us of an
-H200, about what reading 64k row-slots of keys and values (768 bytes each for the 135M shape) takes."""
+BUCKET_COST = 32768
+"""Row-slots one more bucket must save to be worth it: its ~7 more kernels a layer take ~15 us of an
+H200, and a layer's attention took 50 us for 114k row-slots (135M shape, one bucket,
+bench/results/profile-decode-step-NVIDIA_H200-90cccf9.json): ~0.44 ns a row-slot."""
 ALIGN = 16
 """Slots a bucket's first slot and the cache's length are multiples of: cuDNN's attention reads its
 mask, keys and values with 16-byte loads, and a view of a bf16 mask from an odd slot or row faulted on
