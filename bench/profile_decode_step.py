@@ -73,7 +73,10 @@ def profile_shape(shape: str, tok, prompts: list[str], fused: bool) -> list[dict
         from worker.train.kernels import apply_fused_kernels
 
         note = apply_fused_kernels(model, loss=False)
-    enc = tok(prompts, return_tensors="pt", padding=True).to("cuda")
+    # as the loop gets them from generate: longest first, left-padded (until 4ea91a5 they went in
+    # right-padded, so every row "started" at slot 0 and the buckets compared were one bucket)
+    prompts = sorted(prompts, key=lambda p: -len(tok(p)["input_ids"]))
+    enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left").to("cuda")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     results = []
     for buckets in (False, True):

@@ -2,20 +2,23 @@
 
 The graph loop (worker/evaluation/graph_decoding.py) left-pads a batch to its longest prompt and attends
 one new token a row over a static cache. Through SDPA, cuDNN runs its prefill kernel for that one query
-(64-query tiles, one thread block per row and head walking every slot in turn): on an H200 it was 2.66
-of a 3.94 ms step of the 135M shape, 50 rows over 2,281 slots, and cutting the rows into buckets did not
-help, since one block still walks the longest row's slots alone
-(bench/results/profile-decode-step-NVIDIA_H200-a886d79.json).
+(64-query tiles): on an H200 it was 2.66 of a 3.94 ms step of the 135M shape with Liger, 50 rows over
+2,281 slots (bench/results/profile-decode-step-NVIDIA_H200-a886d79.json).
 
 So a one-token step attends here (registered in transformers' AttentionInterface as `ATTENTION_NAME`)
 with the query heads of each key/value head as one small matrix: scores = q @ K^T by one batched matmul,
-the mask added and softmax taken in fp32 (as transformers' eager attention does), then @ V. Both matmuls
-read the cache at memory speed, so the cost follows the slots read, and buckets pay: a run of
-consecutive rows (longest prompts first, so their padding grows down the batch) reads keys, values and
-mask from the bucket's first used slot on. The slots a bucket skips are masked for all its rows, so the
-result is the same attention; the views are fixed for the batch, so the step is still one CUDA graph.
-Flash-decoding kernels (flash-attn's `flash_attn_with_kvcache`, FlexAttention's decoding path) do the
-same in one kernel, but flash-attn is not a dependency and FlexAttention compiles per batch shape.
+the mask added and softmax taken in fp32 (as transformers' eager attention does), then @ V. The same
+step took 2.99 ms (profile-decode-step-NVIDIA_H200-90cccf9.json); in the decoding bench the steps of
+50 fault prompts took 1.265 s against 1.345 s through SDPA per bucket (135M) and 1.515 s against 1.695 s
+(1.5B; fast-decoding-NVIDIA_H200-90cccf9.json). Greedy texts then equal `generate`'s on 40 of 50 rows
+for the 135M shape (randomly initialised: near ties) against 50 of 50 through cuDNN.
+
+Rows come in buckets: a run of consecutive rows (longest prompts first, so their padding grows down the
+batch) reads keys, values and mask from the bucket's first used slot on. The slots a bucket skips are
+masked for all its rows, so the result is the same attention; the views are fixed for the batch, so the
+step is still one CUDA graph. Flash-decoding kernels (flash-attn's `flash_attn_with_kvcache`,
+FlexAttention's decoding path) would do a layer's attention in one kernel, skipping the padding, but
+flash-attn is not a dependency and FlexAttention compiles per batch shape; neither is measured here.
 
 `plan_buckets` chooses the cut: a bucket costs its rows x its slots, plus BUCKET_COST for the kernels
 one more bucket adds to every layer; the cheapest cut is found exactly over at most MAX_GROUPS runs.
@@ -35,10 +38,13 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION_NAME = "ft_bucketed_sdpa"
-BUCKET_COST = 32768
-"""Row-slots one more bucket must save to be worth it: its ~7 more kernels a layer take ~15 us of an
-H200, and a layer's attention took 50 us for 114k row-slots (135M shape, one bucket,
-bench/results/profile-decode-step-NVIDIA_H200-90cccf9.json): ~0.44 ns a row-slot."""
+BUCKET_COST = 65536
+"""Row-slots one more bucket must save to be worth it. Its ~7 more kernels a layer cost more than the
+slots they skip save: on an H200 (135M shape, the 50 fault prompts, the plan two buckets reading 45%
+of the row-slots of one) the steps took 1.265 s against 1.29 s with one bucket
+(bench/results/fast-decoding-NVIDIA_H200-90cccf9.json), so a step's attention is bound by its kernels,
+not by the slots it reads, and only a large saving is worth a bucket."""
+
 ALIGN = 16
 """Slots a bucket's first slot and the cache's length are multiples of: cuDNN's attention reads its
 mask, keys and values with 16-byte loads, and a view of a bf16 mask from an odd slot or row faulted on

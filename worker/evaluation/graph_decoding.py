@@ -12,9 +12,9 @@ bookkeeping and ~500 separate launches (bench/results/generation-*.json). Here o
    once per batch as a CUDA graph and then replayed: one launch a step. Choosing the next token (greedy,
    or transformers' own temperature and top-p warpers and `multinomial`), EOS and the padding of finished
    rows run outside the graph, on the GPU, without a host sync;
-   The step's attention may use cuDNN (`ATTENTION`: a batch has fixed shapes, so cuDNN plans twice a
-   batch), and attends each run of rows over the cache slots those rows use, not over the padding the
-   longest prompt forced on all (worker/evaluation/bucketed_attention.py);
+   The step's attention is two matmuls per bucket of rows, each bucket over the cache slots its rows
+   use (worker/evaluation/bucketed_attention.py), and the prefill runs in groups of rows over their own
+   slots, not the padding the longest prompt forced on all (worker/evaluation/grouped_prefill.py);
 3. every CHECK_EVERY steps the host looks: stop when every row is done, ask `should_stop`, report
    progress, and feed the new tokens to the repeated-line stop (worker/evaluation/stopping.py), which
    then finds the exact token a row stopped at, so texts and token counts equal `generate`'s.
@@ -64,11 +64,11 @@ MASKED_ATTENTION = ("sdpa", "eager")
 """Attention implementations that take the 4-D additive mask built here."""
 
 ATTENTION = [SDPBackend.CUDNN_ATTENTION, *WITHOUT_CUDNN]
-"""The attention kernels the loop allows. Unlike `generate` (worker/models/attention.py), it lets cuDNN
-in: a batch has two fixed shapes (prefill, step), so cuDNN plans twice a batch, not at every step, and
-its kernel is the fastest at attending one new token over a long masked cache (on an H200, 135M shape,
-50 rows over 1,924 slots: bench/results/profile-decode-step-NVIDIA_H200-4afc948.txt; with cuDNN the
-loop gained 25% (135M) and 17% (1.5B) in bench/results/fast-decoding-NVIDIA_H200-bd34cbe.json)."""
+"""The SDPA kernels the loop allows where it still calls SDPA: a prefill in one forward (one group, or a
+prompt-learning adapter's batch) has one fixed shape, so cuDNN plans once a batch (+25% and +17% for
+the loop when its steps went through SDPA, bench/results/fast-decoding-NVIDIA_H200-bd34cbe.json). The
+steps attend by two matmuls (worker/evaluation/bucketed_attention.py), the prefill's groups without
+cuDNN (worker/evaluation/grouped_prefill.py)."""
 
 StepHook = Callable[[int, torch.Tensor], bool]
 """Called at each look with (steps so far, the tokens so far, rows x steps, on the host); returning
