@@ -6,12 +6,14 @@ one new token a row over a static cache. Through SDPA, cuDNN runs its prefill ke
 2,281 slots (bench/results/profile-decode-step-NVIDIA_H200-a886d79.json).
 
 So a one-token step attends here (registered in transformers' AttentionInterface as `ATTENTION_NAME`)
-with the query heads of each key/value head as one small matrix: scores = q @ K^T by one batched matmul,
-the mask added and softmax taken in fp32 (as transformers' eager attention does), then @ V. The same
-step took 2.99 ms (profile-decode-step-NVIDIA_H200-90cccf9.json); in the decoding bench the steps of
-50 fault prompts took 1.265 s against 1.345 s through SDPA per bucket (135M) and 1.515 s against 1.695 s
-(1.5B; fast-decoding-NVIDIA_H200-90cccf9.json). Greedy texts then equal `generate`'s on 40 of 50 rows
-for the 135M shape (randomly initialised: near ties) against 50 of 50 through cuDNN.
+with the query heads of each key/value head as one small matrix: scores = mask + scale q @ K^T by one
+batched GEMM into a copy of the mask, softmax (accumulated in fp32, as transformers' eager attention
+does), then @ V: four kernels a bucket and layer. At 90cccf9 it was six (matmul, cast, mask add,
+softmax, cast, matmul); the four are not measured yet. With six, the step took 2.99 ms
+(profile-decode-step-NVIDIA_H200-90cccf9.json), and in the decoding bench the steps of 50 fault
+prompts took 1.265 s against 1.345 s through SDPA per bucket (135M) and 1.515 s against 1.695 s (1.5B;
+fast-decoding-NVIDIA_H200-90cccf9.json). Greedy texts then equal `generate`'s on 40 of 50 rows for the
+135M shape (randomly initialised: near ties) against 50 of 50 through cuDNN.
 
 Rows come in buckets: a run of consecutive rows (longest prompts first, so their padding grows down the
 batch) reads keys, values and mask from the bucket's first used slot on. The slots a bucket skips are
@@ -39,8 +41,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION_NAME = "ft_bucketed_sdpa"
 BUCKET_COST = 65536
-"""Row-slots one more bucket must save to be worth it. Its ~7 more kernels a layer cost more than the
-slots they skip save: on an H200 (135M shape, the 50 fault prompts, the plan two buckets reading 45%
+"""Row-slots one more bucket must save to be worth it. Its kernels (7 a layer then, 5 now) cost more
+than the slots they skip save: on an H200 (135M shape, the 50 fault prompts, the plan two buckets reading 45%
 of the row-slots of one) the steps took 1.265 s against 1.29 s with one bucket
 (bench/results/fast-decoding-NVIDIA_H200-90cccf9.json), so a step's attention is bound by its kernels,
 not by the slots it reads, and only a large saving is worth a bucket."""
@@ -101,8 +103,8 @@ def bucketed_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """A one-token step's attention, bucket by bucket of the current plan: the query heads of a key/value
-    head as one matrix, scores by one batched matmul over the bucket's slots, softmax in fp32 (as
-    transformers' eager attention), one more matmul. Anything else goes to transformers' SDPA."""
+    head as one matrix, mask + scaled scores by one batched GEMM over the bucket's slots, softmax, one
+    more GEMM. Anything else goes to transformers' SDPA."""
     plan = _PLAN.get()
     unusual = kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None or kwargs.get("dropout")
     if plan is None or query.shape[2] != 1 or attention_mask is None or unusual:
@@ -117,13 +119,23 @@ def bucketed_attention(
         ]  # fmt: skip
         return torch.cat(outs, 0) if len(outs) > 1 else outs[0], None
     rows, heads, _, dim = query.shape
-    grouped = query.reshape(rows, key.shape[1], heads // key.shape[1], dim)  # (rows, kv heads, group, dim)
+    kv = key.shape[1]
+    group = heads // kv
+    grouped = query.reshape(rows, kv, group, dim)  # the query heads of each key/value head
     scale = dim**-0.5 if scaling is None else scaling
     outs = []
     for a, b, s in plan:
-        scores = torch.matmul(grouped[a:b], key[a:b, :, s:].transpose(-1, -2)).float()
-        weights = torch.add(attention_mask[a:b, :, :, s:], scores, alpha=scale).softmax(-1)
-        outs.append(torch.matmul(weights.to(value.dtype), value[a:b, :, s:]))
+        n, length = b - a, key.shape[2] - s
+        # a copy of the mask for each query head takes the scores in place: mask + scale q K^T, one GEMM
+        scores = (
+            attention_mask[a:b, :, :, s:].expand(n, kv, group, length).clone().reshape(n * kv, group, length)
+        )
+        keys = key[a:b, :, s:].reshape(n * kv, length, dim)  # a view of the static cache
+        scores.baddbmm_(grouped[a:b].reshape(n * kv, group, dim), keys.transpose(1, 2), alpha=scale)
+        weights = scores.softmax(-1)  # accumulates in fp32 for bf16 (as eager attention, which rounds too)
+        outs.append(
+            torch.bmm(weights, value[a:b, :, s:].reshape(n * kv, length, dim)).view(n, kv, group, dim)
+        )
     out = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
     return out.reshape(rows, 1, heads, dim), None
 

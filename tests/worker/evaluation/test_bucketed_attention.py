@@ -71,6 +71,7 @@ def test_the_step_attention_equals_sdpa(kv_heads):
     for r, s in enumerate(starts):
         mask[r, ..., :s] = torch.finfo(torch.float64).min
     want, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    before = mask.clone()
     for plan in ([(0, 5, 0)], [(0, 1, 0), (1, 2, 0), (2, 4, 16), (4, 5, 32)]):
         token = _PLAN.set(plan)
         try:
@@ -79,6 +80,7 @@ def test_the_step_attention_equals_sdpa(kv_heads):
             _PLAN.reset(token)
         assert got.shape == want.shape == (rows, 1, heads, dim)
         torch.testing.assert_close(got, want)
+        assert torch.equal(mask, before)  # the scores are taken in a copy of the mask, never in it
 
 
 @pytest.fixture
