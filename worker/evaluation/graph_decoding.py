@@ -52,7 +52,7 @@ from transformers import StaticCache
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from worker.evaluation.bucketed_attention import align, buckets, plan_buckets
-from worker.evaluation.grouped_prefill import grouped_prefill
+from worker.evaluation.grouped_prefill import additive_mask, grouped_prefill, prefill_mask
 from worker.evaluation.stopping import RepeatedLineCriteria
 from worker.models.attention import WITHOUT_CUDNN
 
@@ -199,9 +199,7 @@ class GraphDecoder:
             logits = self._prefill(inputs, attend, positions, cache, dtype, lead)
         self._clock("prefill", started, device)
 
-        neg = torch.finfo(dtype).min
-        step_mask = torch.zeros((rows, 1, 1, attend.shape[1]), dtype=dtype, device=device)
-        step_mask.masked_fill_(~attend[:, None, None, :], neg)
+        step_mask = additive_mask(attend[:, None, None, :], dtype)
         state = _StepState(
             ids=torch.full((rows, 1), self.pad_id, dtype=torch.long, device=device),
             positions=positions[:, -1:] + 1,
@@ -286,11 +284,7 @@ class GraphDecoder:
         dtype: torch.dtype,
         lead: int,
     ) -> torch.Tensor:
-        prompt_len, slots, device = positions.shape[1], attend.shape[1], attend.device
-        causal = torch.ones((prompt_len, slots), dtype=torch.bool, device=device).tril(diagonal=lead)
-        allowed = attend[:, None, None, :] & causal[None, None]
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        mask = prefill_mask(attend, positions.shape[1], lead, dtype)
         out = self.model(
             **inputs,
             attention_mask=mask,

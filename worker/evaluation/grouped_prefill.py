@@ -57,11 +57,7 @@ def grouped_prefill(
         stacked = None
     logits = []
     for a, b, s in plan:
-        length = prompt_len - s
-        causal = torch.ones((length, length), dtype=torch.bool, device=attend.device).tril()
-        allowed = attend[a:b, None, None, s:prompt_len] & causal[None, None]
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=attend.device)
-        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        mask = prefill_mask(attend[a:b, s:prompt_len], prompt_len - s, 0, dtype)
         group = DynamicCache()
         # cuDNN plans every new shape (~0.1 s each on an H200: 1.3 s for a first batch's groups)
         with stacked.only(a, b) if stacked is not None else nullcontext(), sdpa_kernel(WITHOUT_CUDNN):
@@ -82,6 +78,19 @@ def grouped_prefill(
     for layer in cache.layers:
         layer.cumulative_length.fill_(prompt_len)  # where the first decoding step writes
     return torch.cat(logits, 0)
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where `allowed`, the dtype's lowest value elsewhere: the 4-D masks the loop hands the model."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def prefill_mask(attend: torch.Tensor, queries: int, first: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (rows, 1, queries, slots) mask of a prefill whose query i sits at slot first + i: each row
+    attends the slots `attend` allows, up to its own."""
+    causal = torch.ones((queries, attend.shape[1]), dtype=torch.bool, device=attend.device).tril(first)
+    return additive_mask(attend[:, None, None, :] & causal[None, None], dtype)
 
 
 def _empty(like: torch.Tensor, rows: int) -> torch.Tensor:
